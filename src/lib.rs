@@ -1,0 +1,2 @@
+//! Sluice moves edge telemetry into ClickHouse.
+pub mod schema;
