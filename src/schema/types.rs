@@ -75,7 +75,10 @@ impl ChType {
             ("DateTime", None) => ChType::DateTime,
             ("UUID", None) => ChType::UUID,
             ("FixedString", Some(n)) => {
-                let n: usize = n.trim().parse().map_err(|_| fail("FixedString needs a length"))?;
+                let n: usize = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| fail("FixedString needs a length"))?;
                 if n == 0 {
                     return Err(fail("FixedString length must be positive"));
                 }
@@ -88,7 +91,9 @@ impl ChType {
                     *inner,
                     ChType::Nullable(_) | ChType::Array(_) | ChType::LowCardinality(_)
                 ) {
-                    return Err(fail("Nullable cannot wrap Nullable, Array or LowCardinality"));
+                    return Err(fail(
+                        "Nullable cannot wrap Nullable, Array or LowCardinality",
+                    ));
                 }
                 ChType::Nullable(inner)
             }
@@ -148,12 +153,17 @@ fn parse_enum_body(body: &str) -> Result<Vec<(String, i8)>, &'static str> {
         let close = after_quote.find('\'').ok_or("unterminated enum name")?;
         let name = &after_quote[..close];
         let after_name = after_quote[close + 1..].trim_start();
-        let after_eq = after_name.strip_prefix('=').ok_or("enum variant needs '= code'")?;
+        let after_eq = after_name
+            .strip_prefix('=')
+            .ok_or("enum variant needs '= code'")?;
         let (code_text, tail) = match after_eq.find(',') {
             Some(comma) => (&after_eq[..comma], &after_eq[comma + 1..]),
             None => (after_eq, ""),
         };
-        let code: i8 = code_text.trim().parse().map_err(|_| "enum code must fit in Int8")?;
+        let code: i8 = code_text
+            .trim()
+            .parse()
+            .map_err(|_| "enum code must fit in Int8")?;
         if variants.iter().any(|(n, c)| n == name || *c == code) {
             return Err("duplicate enum name or code");
         }
@@ -229,8 +239,14 @@ mod tests {
     fn rejects_what_the_encoder_cannot_write() {
         for (text, reason) in [
             ("Map(String, String)", "unknown type"),
-            ("LowCardinality(UInt8)", "LowCardinality is supported for String only"),
-            ("Nullable(Nullable(String))", "Nullable cannot wrap Nullable, Array or LowCardinality"),
+            (
+                "LowCardinality(UInt8)",
+                "LowCardinality is supported for String only",
+            ),
+            (
+                "Nullable(Nullable(String))",
+                "Nullable cannot wrap Nullable, Array or LowCardinality",
+            ),
             ("Enum8('a' = 1, 'a' = 2)", "duplicate enum name or code"),
             ("Enum8('a' = 300)", "enum code must fit in Int8"),
             ("Array(UInt8)", "Array is supported for Array(String) only"),

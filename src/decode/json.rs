@@ -1,0 +1,173 @@
+//! NDJSON and JSON-array framing with simd-json, parsing records in place with reused buffers.
+
+use simd_json::{BorrowedValue, Buffers};
+
+use super::{DecodeError, DecodeOptions, DecodeSummary, RecordVisitor};
+
+/// One record per line; blank lines are skipped. A line that is not JSON is a malformed record,
+/// unless no line at all is JSON: then the body is not NDJSON.
+pub(super) fn decode_ndjson(
+    body: &mut [u8],
+    options: &DecodeOptions<'_>,
+    visitor: &mut impl RecordVisitor,
+) -> Result<DecodeSummary, DecodeError> {
+    let mut buffers = Buffers::default();
+    let mut summary = DecodeSummary::default();
+    let mut first_error: Option<String> = None;
+    for line in body.split_mut(|&b| b == b'\n') {
+        let line = trim_ascii_whitespace_mut(line);
+        if line.is_empty() {
+            continue;
+        }
+        summary.records += 1;
+        if summary.records > options.max_records {
+            return Err(DecodeError::TooManyRecords {
+                limit: options.max_records,
+            });
+        }
+        match simd_json::to_borrowed_value_with_buffers(line, &mut buffers) {
+            Ok(record) => visitor.json_record(summary.records, &record),
+            Err(err) => {
+                let reason = format!("invalid JSON: {}", describe(&err));
+                if first_error.is_none() {
+                    first_error = Some(format!("line {}: {reason}", summary.records));
+                }
+                summary.malformed += 1;
+                visitor.malformed_record(summary.records, &reason);
+            }
+        }
+    }
+    if summary.records > 0 && summary.malformed == summary.records {
+        return Err(DecodeError::NotFramed {
+            format: "NDJSON",
+            message: first_error.unwrap_or_default(),
+        });
+    }
+    Ok(summary)
+}
+
+/// One JSON array of records. A body that is not one valid JSON array cannot be framed.
+pub(super) fn decode_array(
+    body: &mut [u8],
+    options: &DecodeOptions<'_>,
+    visitor: &mut impl RecordVisitor,
+) -> Result<DecodeSummary, DecodeError> {
+    let body = trim_ascii_whitespace_mut(body);
+    let value = simd_json::to_borrowed_value(body).map_err(|err| DecodeError::NotFramed {
+        format: "a JSON array",
+        message: describe(&err),
+    })?;
+    let BorrowedValue::Array(records) = value else {
+        return Err(DecodeError::NotFramed {
+            format: "a JSON array",
+            message: "top-level value is not an array".to_string(),
+        });
+    };
+    if records.len() > options.max_records {
+        return Err(DecodeError::TooManyRecords {
+            limit: options.max_records,
+        });
+    }
+    for (index, record) in records.iter().enumerate() {
+        visitor.json_record(index + 1, record);
+    }
+    Ok(DecodeSummary {
+        records: records.len(),
+        malformed: 0,
+    })
+}
+
+fn describe(err: &simd_json::Error) -> String {
+    // simd-json's Display reads "Syntax at character 12 ('x')"; keep it, lowercase first letter.
+    let text = err.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+fn trim_ascii_whitespace_mut(bytes: &mut [u8]) -> &mut [u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &mut bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{Recorder, options};
+    use super::super::{BodyFormat, DecodeError, decode};
+
+    fn run(format: BodyFormat, body: &str) -> Result<Recorder, DecodeError> {
+        let mut recorder = Recorder::default();
+        let mut bytes = body.as_bytes().to_vec();
+        decode(format, &mut bytes, &options(), &mut recorder).map(|_| recorder)
+    }
+
+    #[test]
+    fn ndjson_numbers_records_and_skips_blank_lines() {
+        let recorder = run(
+            BodyFormat::Ndjson,
+            "{\"a\":1}\r\n\n  \n{\"b\":\"x\"}\n{oops}\n",
+        )
+        .unwrap();
+        assert_eq!(recorder.records[0], (1, "json {\"a\":1}".to_string()));
+        assert_eq!(recorder.records[1], (2, "json {\"b\":\"x\"}".to_string()));
+        assert_eq!(recorder.records[2].0, 3);
+        assert!(
+            recorder.records[2].1.starts_with("malformed invalid JSON"),
+            "{:?}",
+            recorder.records[2]
+        );
+    }
+
+    #[test]
+    fn a_body_with_no_json_line_cannot_be_framed() {
+        let err = run(BodyFormat::Ndjson, "hello\nworld\n").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::NotFramed {
+                    format: "NDJSON",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn json_array_records_and_errors() {
+        let recorder = run(BodyFormat::JsonArray, " [{\"a\":1},{\"a\":2}] ").unwrap();
+        assert_eq!(recorder.records.len(), 2);
+        assert_eq!(recorder.records[1].0, 2);
+        assert!(matches!(
+            run(BodyFormat::JsonArray, "[{\"a\":1},").unwrap_err(),
+            DecodeError::NotFramed { .. }
+        ));
+        assert!(matches!(
+            run(BodyFormat::JsonArray, "{\"a\":1}").unwrap_err(),
+            DecodeError::NotFramed { .. }
+        ));
+    }
+
+    #[test]
+    fn record_limit_is_enforced() {
+        let body = "{}\n".repeat(1001);
+        assert_eq!(
+            run(BodyFormat::Ndjson, &body).unwrap_err(),
+            DecodeError::TooManyRecords { limit: 1000 }
+        );
+        let body = format!("[{}{{}}]", "{},".repeat(1000));
+        assert_eq!(
+            run(BodyFormat::JsonArray, &body).unwrap_err(),
+            DecodeError::TooManyRecords { limit: 1000 }
+        );
+    }
+}

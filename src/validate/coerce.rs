@@ -1,0 +1,435 @@
+//! Coercion of one body value into one column's staging slot, with the column's constraints.
+//!
+//! Senders disagree on types: DataStream 2 sends every value as a string and `-` for absent,
+//! Logpush sends unix nanoseconds or RFC 3339, custom workers send real JSON numbers. Each rule
+//! here accepts every spelling of a value that means the same thing and nothing else.
+
+use std::fmt::Write as _;
+
+use simd_json::prelude::Writable;
+use simd_json::{BorrowedValue, StaticNode};
+
+use crate::schema::{ChType, Column, ValueFormat};
+
+/// A body value as the decoder delivered it.
+#[derive(Clone, Copy)]
+pub(super) enum Raw<'a> {
+    Json(&'a BorrowedValue<'a>),
+    Text(&'a str),
+}
+
+/// One column's value for the current row, owned: strings live in the row's scratch buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Staged {
+    /// Not seen (yet) in this row.
+    Unset,
+    Null,
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    /// `scratch[start..end]`.
+    Str(u32, u32),
+    /// `list_items[first..last]`.
+    List(u32, u32),
+    Bytes16([u8; 16]),
+}
+
+#[derive(Clone, Copy)]
+enum Number {
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+}
+
+/// Coerces `value` for `column`. Returns `Staged::Unset` when the value means "absent".
+pub(super) fn stage(
+    column: &Column,
+    value: Raw<'_>,
+    absent: &[String],
+    scratch: &mut String,
+    list_items: &mut Vec<(u32, u32)>,
+    url_buffer: &mut Vec<u8>,
+) -> Result<Staged, String> {
+    let ty = column.ch_type.value_type();
+    let is_text_type = matches!(ty, ChType::String | ChType::FixedString(_));
+    let is_absent = match value {
+        Raw::Json(BorrowedValue::Static(StaticNode::Null)) => true,
+        Raw::Json(BorrowedValue::String(s)) => absent.iter().any(|a| a == s),
+        Raw::Text(s) => (s.is_empty() && !is_text_type) || absent.iter().any(|a| a == s),
+        Raw::Json(_) => false,
+    };
+    if is_absent {
+        return Ok(Staged::Unset);
+    }
+    let staged = match ty {
+        ChType::UInt8 | ChType::UInt16 | ChType::UInt32 | ChType::UInt64 => {
+            let max = match ty {
+                ChType::UInt8 => u8::MAX as u64,
+                ChType::UInt16 => u16::MAX as u64,
+                ChType::UInt32 => u32::MAX as u64,
+                _ => u64::MAX,
+            };
+            let v = unsigned(value, ty, max)?;
+            check_range(column, v as f64)?;
+            Staged::U64(v)
+        }
+        ChType::Int8 | ChType::Int16 | ChType::Int32 | ChType::Int64 => {
+            let (min, max) = match ty {
+                ChType::Int8 => (i8::MIN as i64, i8::MAX as i64),
+                ChType::Int16 => (i16::MIN as i64, i16::MAX as i64),
+                ChType::Int32 => (i32::MIN as i64, i32::MAX as i64),
+                _ => (i64::MIN, i64::MAX),
+            };
+            let v = signed(value, ty, min, max)?;
+            check_range(column, v as f64)?;
+            Staged::I64(v)
+        }
+        ChType::Float32 | ChType::Float64 => {
+            let v = match number(value) {
+                Some(Number::Unsigned(v)) => v as f64,
+                Some(Number::Signed(v)) => v as f64,
+                Some(Number::Float(v)) => v,
+                None => return Err(expected(ty, value)),
+            };
+            check_range(column, v)?;
+            Staged::F64(v)
+        }
+        ChType::DateTime => Staged::U64(unix_seconds(value)?),
+        ChType::Enum8(variants) => {
+            let name = text_of(value).ok_or_else(|| expected(ty, value))?;
+            match variants.iter().find(|(n, _)| n == name) {
+                Some((_, code)) => Staged::I64(*code as i64),
+                None => {
+                    let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
+                    return Err(format!("{} is not one of {}", got(value), names.join(", ")));
+                }
+            }
+        }
+        ChType::UUID => {
+            let text = text_of(value).ok_or_else(|| expected(ty, value))?;
+            let uuid = uuid::Uuid::try_parse(text.trim()).map_err(|_| expected(ty, value))?;
+            Staged::Bytes16(*uuid.as_bytes())
+        }
+        ChType::String | ChType::FixedString(_) => {
+            let start = scratch.len();
+            push_string(column, value, scratch, url_buffer)?;
+            let text = &scratch[start..];
+            check_text(column, ty, text)?;
+            Staged::Str(start as u32, scratch.len() as u32)
+        }
+        ChType::Array(_) => stage_list(value, scratch, list_items)?,
+        ChType::Nullable(_) | ChType::LowCardinality(_) => {
+            unreachable!("value_type strips wrappers")
+        }
+    };
+    Ok(staged)
+}
+
+/// Stages a context value (principal, region, …) as text.
+pub(super) fn stage_text(scratch: &mut String, text: &str) -> Staged {
+    let start = scratch.len();
+    scratch.push_str(text);
+    Staged::Str(start as u32, scratch.len() as u32)
+}
+
+/// The value an absent, non-nullable column without a default gets: ClickHouse's default.
+pub(super) fn zero_value(ch_type: &ChType, scratch: &mut String) -> Staged {
+    match ch_type.value_type() {
+        ChType::String | ChType::FixedString(_) => stage_text(scratch, ""),
+        ChType::Int8 | ChType::Int16 | ChType::Int32 | ChType::Int64 => Staged::I64(0),
+        ChType::Float32 | ChType::Float64 => Staged::F64(0.0),
+        ChType::UUID => Staged::Bytes16([0; 16]),
+        ChType::Array(_) => Staged::List(0, 0),
+        // An Enum8 column's zero is its first variant: 0 may not be a valid code.
+        ChType::Enum8(variants) => Staged::I64(variants[0].1 as i64),
+        _ => Staged::U64(0),
+    }
+}
+
+fn check_range(column: &Column, v: f64) -> Result<(), String> {
+    if let Some(min) = column.spec.min {
+        if v < min {
+            return Err(format!("value {v} is below the minimum {min}"));
+        }
+    }
+    if let Some(max) = column.spec.max {
+        if v > max {
+            return Err(format!("value {v} is above the maximum {max}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
+    if let ChType::FixedString(n) = ty {
+        if text.len() > *n {
+            return Err(format!(
+                "value is {} bytes, longer than FixedString({n})",
+                text.len()
+            ));
+        }
+    }
+    if let Some(max) = column.spec.max_length {
+        if text.len() > max {
+            return Err(format!(
+                "value is {} bytes, longer than the maximum {max}",
+                text.len()
+            ));
+        }
+    }
+    if let Some(pattern) = &column.pattern {
+        if !pattern.is_match(text) {
+            return Err(format!(
+                "{} does not match {}",
+                quoted(text),
+                pattern.as_str()
+            ));
+        }
+    }
+    if column.spec.format == Some(ValueFormat::Ip) && text.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("{} is not an IP address", quoted(text)));
+    }
+    Ok(())
+}
+
+/// Appends the text form of `value` to `scratch`.
+fn push_string(
+    column: &Column,
+    value: Raw<'_>,
+    scratch: &mut String,
+    url_buffer: &mut Vec<u8>,
+) -> Result<(), String> {
+    let text: &str = match value {
+        Raw::Text(t) => t,
+        Raw::Json(BorrowedValue::String(s)) => s,
+        Raw::Json(BorrowedValue::Static(node)) => {
+            match node {
+                StaticNode::I64(v) => write!(scratch, "{v}").expect("write to String"),
+                StaticNode::U64(v) => write!(scratch, "{v}").expect("write to String"),
+                StaticNode::F64(v) => write!(scratch, "{v}").expect("write to String"),
+                StaticNode::Bool(v) => scratch.push_str(if *v { "true" } else { "false" }),
+                StaticNode::Null => {}
+            }
+            return Ok(());
+        }
+        Raw::Json(composite) => {
+            if column.spec.json {
+                scratch.push_str(&composite.encode());
+                return Ok(());
+            }
+            return Err(expected(&column.ch_type, value));
+        }
+    };
+    if column.spec.url_decode && text.contains(['%', '+']) {
+        url_buffer.clear();
+        for (i, part) in text.split('+').enumerate() {
+            if i > 0 {
+                url_buffer.push(b' ');
+            }
+            url_buffer.extend(percent_encoding::percent_decode_str(part));
+        }
+        let decoded = std::str::from_utf8(url_buffer)
+            .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string())?;
+        scratch.push_str(decoded);
+    } else {
+        scratch.push_str(text);
+    }
+    Ok(())
+}
+
+fn stage_list(
+    value: Raw<'_>,
+    scratch: &mut String,
+    list_items: &mut Vec<(u32, u32)>,
+) -> Result<Staged, String> {
+    let first = list_items.len() as u32;
+    let mut push = |scratch: &mut String, item: &str| {
+        let start = scratch.len() as u32;
+        scratch.push_str(item);
+        list_items.push((start, scratch.len() as u32));
+    };
+    match value {
+        Raw::Json(BorrowedValue::Array(items)) => {
+            for item in items.iter() {
+                match item {
+                    BorrowedValue::String(s) => push(scratch, s),
+                    BorrowedValue::Static(StaticNode::Null) => {
+                        return Err("array items cannot be null".to_string());
+                    }
+                    BorrowedValue::Static(node) => push(scratch, &node.to_string()),
+                    _ => return Err("array items must be strings".to_string()),
+                }
+            }
+        }
+        Raw::Json(BorrowedValue::String(text)) => {
+            split_list(text, &mut |item| push(scratch, item))?
+        }
+        Raw::Text(text) => split_list(text, &mut |item| push(scratch, item))?,
+        Raw::Json(_) => return Err(expected(&ChType::Array(Box::new(ChType::String)), value)),
+    }
+    Ok(Staged::List(first, list_items.len() as u32))
+}
+
+/// A list sent as text: a JSON array of strings, or comma-separated items.
+fn split_list(text: &str, push: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let text = text.trim();
+    if text.starts_with('[') {
+        let items: Vec<String> = serde_json::from_str(text)
+            .map_err(|_| format!("expected Array(String), got {}", quoted(text)))?;
+        items.iter().for_each(|item| push(item));
+    } else if !text.is_empty() {
+        text.split(',').for_each(|item| push(item.trim()));
+    }
+    Ok(())
+}
+
+fn number(value: Raw<'_>) -> Option<Number> {
+    match value {
+        Raw::Json(BorrowedValue::Static(StaticNode::U64(v))) => Some(Number::Unsigned(*v)),
+        Raw::Json(BorrowedValue::Static(StaticNode::I64(v))) => Some(Number::Signed(*v)),
+        Raw::Json(BorrowedValue::Static(StaticNode::F64(v))) => Some(Number::Float(*v)),
+        Raw::Json(BorrowedValue::String(s)) => parse_number(s),
+        Raw::Text(s) => parse_number(s),
+        Raw::Json(_) => None,
+    }
+}
+
+fn parse_number(text: &str) -> Option<Number> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<u64>() {
+        return Some(Number::Unsigned(v));
+    }
+    if let Ok(v) = text.parse::<i64>() {
+        return Some(Number::Signed(v));
+    }
+    if text.contains(['.', 'e', 'E']) {
+        if let Ok(v) = text.parse::<f64>() {
+            if v.is_finite() {
+                return Some(Number::Float(v));
+            }
+        }
+    }
+    None
+}
+
+fn unsigned(value: Raw<'_>, ty: &ChType, max: u64) -> Result<u64, String> {
+    let out_of_range = |shown: String| format!("value {shown} out of range for {ty}");
+    match number(value) {
+        Some(Number::Unsigned(v)) if v <= max => Ok(v),
+        Some(Number::Unsigned(v)) => Err(out_of_range(v.to_string())),
+        Some(Number::Signed(v)) => Err(out_of_range(v.to_string())),
+        Some(Number::Float(v)) if v.fract() == 0.0 && v >= 0.0 && v <= max as f64 => Ok(v as u64),
+        Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
+        _ => Err(expected(ty, value)),
+    }
+}
+
+fn signed(value: Raw<'_>, ty: &ChType, min: i64, max: i64) -> Result<i64, String> {
+    let out_of_range = |shown: String| format!("value {shown} out of range for {ty}");
+    match number(value) {
+        Some(Number::Signed(v)) if (min..=max).contains(&v) => Ok(v),
+        Some(Number::Unsigned(v)) if v <= max as u64 => Ok(v as i64),
+        Some(Number::Signed(v)) => Err(out_of_range(v.to_string())),
+        Some(Number::Unsigned(v)) => Err(out_of_range(v.to_string())),
+        Some(Number::Float(v)) if v.fract() == 0.0 && v >= min as f64 && v <= max as f64 => {
+            Ok(v as i64)
+        }
+        Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
+        _ => Err(expected(ty, value)),
+    }
+}
+
+/// Unix seconds from unix time in s, ms, µs or ns (told apart by magnitude: DataStream 2 sends
+/// seconds, Logpush's default is nanoseconds), fractional seconds, RFC 3339, or
+/// `YYYY-MM-DD hh:mm:ss` (UTC).
+fn unix_seconds(value: Raw<'_>) -> Result<u64, String> {
+    let seconds: Option<i128> = match number(value) {
+        Some(Number::Unsigned(v)) => Some(scale_integer_time(v as i128)),
+        Some(Number::Signed(v)) => Some(scale_integer_time(v as i128)),
+        Some(Number::Float(v)) => Some(scale_integer_time(v.trunc() as i128)),
+        None => text_of(value).and_then(parse_datetime_text),
+    };
+    let seconds = seconds.ok_or_else(|| {
+        format!(
+            "expected DateTime (unix time or RFC 3339), got {}",
+            got(value)
+        )
+    })?;
+    if !(0..=u32::MAX as i128).contains(&seconds) {
+        return Err(format!("time {} out of range for DateTime", got(value)));
+    }
+    Ok(seconds as u64)
+}
+
+fn scale_integer_time(v: i128) -> i128 {
+    match v.abs() {
+        0..100_000_000_000 => v,
+        100_000_000_000..100_000_000_000_000 => v / 1_000,
+        100_000_000_000_000..100_000_000_000_000_000 => v / 1_000_000,
+        _ => v / 1_000_000_000,
+    }
+}
+
+fn parse_datetime_text(text: &str) -> Option<i128> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp() as i128);
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp() as i128)
+}
+
+fn text_of<'a>(value: Raw<'a>) -> Option<&'a str> {
+    match value {
+        Raw::Json(BorrowedValue::String(s)) => Some(s),
+        Raw::Text(s) => Some(s),
+        Raw::Json(_) => None,
+    }
+}
+
+fn expected(ty: &ChType, value: Raw<'_>) -> String {
+    format!("expected {ty}, got {}", got(value))
+}
+
+/// The value as the sender wrote it, shortened for messages.
+fn got(value: Raw<'_>) -> String {
+    match value {
+        Raw::Text(s) => quoted(s),
+        Raw::Json(BorrowedValue::String(s)) => quoted(s),
+        Raw::Json(BorrowedValue::Array(_)) => "an array".to_string(),
+        Raw::Json(BorrowedValue::Object(_)) => "an object".to_string(),
+        Raw::Json(BorrowedValue::Static(node)) => node.to_string(),
+    }
+}
+
+fn quoted(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return format!("{text:?}");
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &text[..end])
+}
+
+/// Appends `text` as a JSON string literal.
+pub(super) fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                write!(out, "\\u{:04x}", c as u32).expect("write to String");
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

@@ -1,0 +1,537 @@
+//! Validate: check every record against its stream's schema and append the good ones to Arrow
+//! column builders.
+//!
+//! A schema is compiled once per stream version into a [`CompiledSchema`] (field-name index,
+//! Arrow schema, defaults). Each request gets a [`BatchBuilder`], which implements the decoder's
+//! [`RecordVisitor`]: every field of a record is coerced into an owned staging slot (strings into
+//! one reused scratch buffer, so nothing is allocated per field); only when the whole row is valid
+//! are the slots appended to the column builders, so a bad row leaves no trace in the batch. Bad
+//! rows are counted and the first N are reported with line, field and reason.
+
+mod coerce;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int8Builder, Int16Builder,
+    Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt8Builder, UInt16Builder,
+    UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, SchemaRef};
+use serde::Serialize;
+use simd_json::prelude::Writable;
+
+use crate::decode::{BorrowedValue, RecordVisitor};
+use crate::schema::{ChType, ContextField, Schema, UnknownFields};
+
+use coerce::{Raw, Staged};
+
+/// A delimited-line field name that marks a position to skip.
+pub const SKIP_FIELD: &str = "_";
+
+/// What the verified request context contributes to rows (audit columns, region).
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub principal: String,
+    pub origin: String,
+    pub region: String,
+    pub batch_id: String,
+    pub request_id: String,
+    /// Unix seconds.
+    pub received_at: u32,
+}
+
+/// Per-stream options from the sluice config that change how bodies map to columns.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Field order of delimited lines (default: the schema's body columns in order).
+    pub delimited_fields: Option<Vec<String>>,
+    /// Overrides the schema's `input.unknown_fields`.
+    pub unknown_fields: Option<UnknownFields>,
+}
+
+/// One rejected row, as reported to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowError {
+    /// 1-based record number (a CSV header is not counted).
+    pub line: usize,
+    /// The body field at fault, when one is.
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// The validated rows of one request.
+#[derive(Debug)]
+pub struct ValidatedBatch {
+    pub batch: RecordBatch,
+    pub accepted: usize,
+    pub rejected: usize,
+    /// The first `max_errors` rejected rows.
+    pub errors: Vec<RowError>,
+}
+
+/// A schema prepared for validation.
+#[derive(Debug)]
+pub struct CompiledSchema {
+    pub schema: Arc<Schema>,
+    pub arrow_schema: SchemaRef,
+    /// Body field name (primary, alias, or column name) → column index.
+    field_index: HashMap<String, usize>,
+    /// Field order of delimited lines.
+    delimited_fields: Vec<String>,
+    unknown_fields: UnknownFields,
+}
+
+impl CompiledSchema {
+    pub fn new(schema: Arc<Schema>, options: &StreamOptions) -> Result<CompiledSchema, String> {
+        let mut field_index = HashMap::new();
+        for (index, column) in schema.columns.iter().enumerate() {
+            for field in column.body_fields() {
+                field_index.insert(field.to_string(), index);
+            }
+        }
+        for (index, column) in schema.columns.iter().enumerate() {
+            if column.spec.context.is_none() {
+                field_index
+                    .entry(column.name().to_string())
+                    .or_insert(index);
+            }
+        }
+        let delimited_fields = match &options.delimited_fields {
+            Some(fields) => {
+                for field in fields {
+                    if field != SKIP_FIELD && !field_index.contains_key(field) {
+                        return Err(format!(
+                            "delimited_fields: {field:?} is not a field of stream {} (use \"_\" to skip a position)",
+                            schema.stream
+                        ));
+                    }
+                }
+                fields.clone()
+            }
+            None => schema
+                .body_columns()
+                .filter_map(|c| c.primary_field().map(str::to_string))
+                .collect(),
+        };
+        let fields: Vec<Field> = schema
+            .columns
+            .iter()
+            .map(|c| Field::new(c.name(), arrow_type(&c.ch_type), c.ch_type.is_nullable()))
+            .collect();
+        Ok(CompiledSchema {
+            arrow_schema: Arc::new(arrow_schema::Schema::new(fields)),
+            field_index,
+            delimited_fields,
+            unknown_fields: options
+                .unknown_fields
+                .unwrap_or(schema.input.unknown_fields),
+            schema,
+        })
+    }
+
+    pub fn delimited_fields(&self) -> Vec<&str> {
+        self.delimited_fields.iter().map(String::as_str).collect()
+    }
+
+    pub fn delimiter(&self) -> u8 {
+        self.schema.input.delimiter.as_bytes()[0]
+    }
+
+    /// Starts the batch of one request.
+    pub fn begin<'s>(&'s self, context: &'s RequestContext, max_errors: usize) -> BatchBuilder<'s> {
+        BatchBuilder {
+            compiled: self,
+            context,
+            builders: self
+                .schema
+                .columns
+                .iter()
+                .map(|c| ColumnBuilder::new(&c.ch_type))
+                .collect(),
+            staged: vec![Staged::Unset; self.schema.columns.len()],
+            scratch: String::new(),
+            list_items: Vec::new(),
+            url_buffer: Vec::new(),
+            extra: String::new(),
+            text_names: Vec::new(),
+            row_error: None,
+            accepted: 0,
+            rejected: 0,
+            errors: Vec::new(),
+            max_errors,
+        }
+    }
+}
+
+/// The Arrow type a ClickHouse type is built as (see `encode` for the wire side).
+pub fn arrow_type(ch_type: &ChType) -> DataType {
+    match ch_type {
+        ChType::String => DataType::Utf8,
+        ChType::FixedString(n) => DataType::FixedSizeBinary(*n as i32),
+        ChType::UInt8 => DataType::UInt8,
+        ChType::UInt16 => DataType::UInt16,
+        ChType::UInt32 | ChType::DateTime => DataType::UInt32,
+        ChType::UInt64 => DataType::UInt64,
+        ChType::Int8 | ChType::Enum8(_) => DataType::Int8,
+        ChType::Int16 => DataType::Int16,
+        ChType::Int32 => DataType::Int32,
+        ChType::Int64 => DataType::Int64,
+        ChType::Float32 => DataType::Float32,
+        ChType::Float64 => DataType::Float64,
+        ChType::UUID => DataType::FixedSizeBinary(16),
+        ChType::Nullable(inner) | ChType::LowCardinality(inner) => arrow_type(inner),
+        ChType::Array(_) => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+    }
+}
+
+/// Arrow builder of one column.
+enum ColumnBuilder {
+    U8(UInt8Builder),
+    U16(UInt16Builder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    I8(Int8Builder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Str(StringBuilder),
+    Fixed(FixedSizeBinaryBuilder, usize),
+    List(ListBuilder<StringBuilder>),
+}
+
+impl ColumnBuilder {
+    fn new(ch_type: &ChType) -> ColumnBuilder {
+        match ch_type.value_type() {
+            ChType::String => ColumnBuilder::Str(StringBuilder::new()),
+            ChType::FixedString(n) => {
+                ColumnBuilder::Fixed(FixedSizeBinaryBuilder::new(*n as i32), *n)
+            }
+            ChType::UUID => ColumnBuilder::Fixed(FixedSizeBinaryBuilder::new(16), 16),
+            ChType::UInt8 => ColumnBuilder::U8(UInt8Builder::new()),
+            ChType::UInt16 => ColumnBuilder::U16(UInt16Builder::new()),
+            ChType::UInt32 | ChType::DateTime => ColumnBuilder::U32(UInt32Builder::new()),
+            ChType::UInt64 => ColumnBuilder::U64(UInt64Builder::new()),
+            ChType::Int8 | ChType::Enum8(_) => ColumnBuilder::I8(Int8Builder::new()),
+            ChType::Int16 => ColumnBuilder::I16(Int16Builder::new()),
+            ChType::Int32 => ColumnBuilder::I32(Int32Builder::new()),
+            ChType::Int64 => ColumnBuilder::I64(Int64Builder::new()),
+            ChType::Float32 => ColumnBuilder::F32(Float32Builder::new()),
+            ChType::Float64 => ColumnBuilder::F64(Float64Builder::new()),
+            ChType::Array(_) => ColumnBuilder::List(ListBuilder::new(StringBuilder::new())),
+            ChType::Nullable(_) | ChType::LowCardinality(_) => {
+                unreachable!("value_type() strips wrappers")
+            }
+        }
+    }
+
+    /// Appends one staged value. Integer slots were range-checked for this column's type when
+    /// staged, so the narrowing casts below cannot truncate. `Null` in a non-nullable column
+    /// cannot happen: absent values resolve to the type's zero value before appending.
+    fn append(&mut self, value: &Staged, scratch: &str, list_items: &[(u32, u32)]) {
+        let text = |start: u32, end: u32| &scratch[start as usize..end as usize];
+        match (self, value) {
+            (ColumnBuilder::U8(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::U16(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::U32(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::U64(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::I8(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::I16(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::I32(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::I64(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::F32(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::F64(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::Str(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::Fixed(b, _), Staged::Null) => b.append_null(),
+            (ColumnBuilder::List(b), Staged::Null) => b.append_null(),
+            (ColumnBuilder::U8(b), Staged::U64(v)) => b.append_value(*v as u8),
+            (ColumnBuilder::U16(b), Staged::U64(v)) => b.append_value(*v as u16),
+            (ColumnBuilder::U32(b), Staged::U64(v)) => b.append_value(*v as u32),
+            (ColumnBuilder::U64(b), Staged::U64(v)) => b.append_value(*v),
+            (ColumnBuilder::I8(b), Staged::I64(v)) => b.append_value(*v as i8),
+            (ColumnBuilder::I16(b), Staged::I64(v)) => b.append_value(*v as i16),
+            (ColumnBuilder::I32(b), Staged::I64(v)) => b.append_value(*v as i32),
+            (ColumnBuilder::I64(b), Staged::I64(v)) => b.append_value(*v),
+            (ColumnBuilder::F32(b), Staged::F64(v)) => b.append_value(*v as f32),
+            (ColumnBuilder::F64(b), Staged::F64(v)) => b.append_value(*v),
+            (ColumnBuilder::Str(b), Staged::Str(start, end)) => b.append_value(text(*start, *end)),
+            (ColumnBuilder::Fixed(b, width), Staged::Str(start, end)) => {
+                let mut padded = [0u8; 256];
+                let bytes = text(*start, *end).as_bytes();
+                padded[..bytes.len()].copy_from_slice(bytes);
+                b.append_value(&padded[..*width])
+                    .expect("width checked when staged");
+            }
+            (ColumnBuilder::Fixed(b, _), Staged::Bytes16(bytes)) => {
+                b.append_value(bytes).expect("UUID is 16 bytes")
+            }
+            (ColumnBuilder::List(b), Staged::List(first, last)) => {
+                for &(start, end) in &list_items[*first as usize..*last as usize] {
+                    b.values().append_value(text(start, end));
+                }
+                b.append(true);
+            }
+            (_, value) => unreachable!("staged {value:?} does not fit the column builder"),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::U8(b) => Arc::new(b.finish()),
+            ColumnBuilder::U16(b) => Arc::new(b.finish()),
+            ColumnBuilder::U32(b) => Arc::new(b.finish()),
+            ColumnBuilder::U64(b) => Arc::new(b.finish()),
+            ColumnBuilder::I8(b) => Arc::new(b.finish()),
+            ColumnBuilder::I16(b) => Arc::new(b.finish()),
+            ColumnBuilder::I32(b) => Arc::new(b.finish()),
+            ColumnBuilder::I64(b) => Arc::new(b.finish()),
+            ColumnBuilder::F32(b) => Arc::new(b.finish()),
+            ColumnBuilder::F64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Str(b) => Arc::new(b.finish()),
+            ColumnBuilder::Fixed(b, _) => Arc::new(b.finish()),
+            ColumnBuilder::List(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Validates the records of one request into Arrow columns.
+pub struct BatchBuilder<'s> {
+    compiled: &'s CompiledSchema,
+    context: &'s RequestContext,
+    builders: Vec<ColumnBuilder>,
+    /// The current row, one slot per column.
+    staged: Vec<Staged>,
+    /// Text of the current row's string slots.
+    scratch: String,
+    /// `(start, end)` of each Array(String) item in `scratch`.
+    list_items: Vec<(u32, u32)>,
+    /// URL-decoding buffer.
+    url_buffer: Vec<u8>,
+    /// Unknown fields of the current row as JSON object members (`"k":v,…`).
+    extra: String,
+    /// Field names of the positional fields of text records.
+    text_names: Vec<String>,
+    /// First problem of the current row.
+    row_error: Option<(Option<String>, String)>,
+    accepted: usize,
+    rejected: usize,
+    errors: Vec<RowError>,
+    max_errors: usize,
+}
+
+impl BatchBuilder<'_> {
+    pub fn rows(&self) -> usize {
+        self.accepted
+    }
+
+    pub fn finish(mut self) -> ValidatedBatch {
+        let columns: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect();
+        let batch = RecordBatch::try_new(self.compiled.arrow_schema.clone(), columns)
+            .expect("builders follow the compiled Arrow schema");
+        ValidatedBatch {
+            batch,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            errors: self.errors,
+        }
+    }
+
+    fn start_row(&mut self) {
+        self.staged.fill(Staged::Unset);
+        self.scratch.clear();
+        self.list_items.clear();
+        self.extra.clear();
+        self.row_error = None;
+    }
+
+    fn fail(&mut self, field: Option<&str>, reason: String) {
+        if self.row_error.is_none() {
+            self.row_error = Some((field.map(str::to_string), reason));
+        }
+    }
+
+    /// Coerces one body field into its column's slot.
+    fn stage_field(&mut self, name: &str, value: Raw<'_>) {
+        match self.compiled.field_index.get(name) {
+            Some(&index) => self.stage_into(index, name, value),
+            None => self.unknown_field(name, value),
+        }
+    }
+
+    /// Coerces a value into the slot of column `index`; `name` is the field as the sender named it.
+    fn stage_into(&mut self, index: usize, name: &str, value: Raw<'_>) {
+        if self.row_error.is_some() {
+            return;
+        }
+        if !matches!(self.staged[index], Staged::Unset) {
+            return self.fail(Some(name), "field appears more than once".to_string());
+        }
+        let column = &self.compiled.schema.columns[index];
+        let absent = &self.compiled.schema.input.absent;
+        match coerce::stage(
+            column,
+            value,
+            absent,
+            &mut self.scratch,
+            &mut self.list_items,
+            &mut self.url_buffer,
+        ) {
+            Ok(staged) => self.staged[index] = staged,
+            Err(reason) => self.fail(Some(name), reason),
+        }
+    }
+
+    fn unknown_field(&mut self, name: &str, value: Raw<'_>) {
+        if self.row_error.is_some() || name == SKIP_FIELD {
+            return;
+        }
+        match self.compiled.unknown_fields {
+            UnknownFields::Ignore => {}
+            UnknownFields::Reject => self.fail(Some(name), "unknown field".to_string()),
+            UnknownFields::Keep => {
+                self.extra
+                    .push(if self.extra.is_empty() { '{' } else { ',' });
+                coerce::push_json_string(&mut self.extra, name);
+                self.extra.push(':');
+                match value {
+                    Raw::Json(v) => self.extra.push_str(&v.encode()),
+                    Raw::Text(t) => coerce::push_json_string(&mut self.extra, t),
+                }
+            }
+        }
+    }
+
+    /// Fills absent columns (default, NULL or zero, or a missing-field error), context columns,
+    /// and appends the row if it is valid.
+    fn end_row(&mut self, line: usize) {
+        let columns = &self.compiled.schema.columns;
+        for index in 0..columns.len() {
+            if self.row_error.is_some() {
+                break;
+            }
+            if !matches!(self.staged[index], Staged::Unset) {
+                continue;
+            }
+            let column = &columns[index];
+            let resolved = match column.spec.context {
+                Some(ContextField::Extra) => {
+                    if self.extra.is_empty() {
+                        Ok(coerce::stage_text(&mut self.scratch, "{}"))
+                    } else {
+                        self.extra.push('}');
+                        Ok(coerce::stage_text(&mut self.scratch, &self.extra))
+                    }
+                }
+                Some(ContextField::ReceivedAt) => Ok(Staged::U64(self.context.received_at.into())),
+                Some(field) => {
+                    let value = match field {
+                        ContextField::Principal => &self.context.principal,
+                        ContextField::Origin => &self.context.origin,
+                        ContextField::Region => &self.context.region,
+                        ContextField::BatchId => &self.context.batch_id,
+                        _ => &self.context.request_id,
+                    };
+                    Ok(coerce::stage_text(&mut self.scratch, value))
+                }
+                None if column.spec.required => Err("missing required field".to_string()),
+                None => match &column.spec.default {
+                    Some(default) => coerce::stage(
+                        column,
+                        Raw::Text(default),
+                        &[],
+                        &mut self.scratch,
+                        &mut self.list_items,
+                        &mut self.url_buffer,
+                    )
+                    .map(|staged| match staged {
+                        Staged::Unset => coerce::zero_value(&column.ch_type, &mut self.scratch),
+                        staged => staged,
+                    })
+                    .map_err(|reason| format!("default value: {reason}")),
+                    None if column.ch_type.is_nullable() => Ok(Staged::Null),
+                    None => Ok(coerce::zero_value(&column.ch_type, &mut self.scratch)),
+                },
+            };
+            match resolved {
+                Ok(staged) => self.staged[index] = staged,
+                Err(reason) => {
+                    let field = column.primary_field().unwrap_or(column.name()).to_string();
+                    self.row_error = Some((Some(field), reason));
+                }
+            }
+        }
+        match self.row_error.take() {
+            None => {
+                for (builder, value) in self.builders.iter_mut().zip(&self.staged) {
+                    builder.append(value, &self.scratch, &self.list_items);
+                }
+                self.accepted += 1;
+            }
+            Some((field, reason)) => self.reject(line, field, reason),
+        }
+    }
+
+    fn reject(&mut self, line: usize, field: Option<String>, reason: String) {
+        self.rejected += 1;
+        if self.errors.len() < self.max_errors {
+            self.errors.push(RowError {
+                line,
+                field,
+                reason,
+            });
+        }
+    }
+}
+
+impl RecordVisitor for BatchBuilder<'_> {
+    fn text_header(&mut self, names: &[&str]) {
+        self.text_names = names.iter().map(|name| name.to_string()).collect();
+    }
+
+    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>) {
+        self.start_row();
+        let BorrowedValue::Object(fields) = record else {
+            return self.reject(line, None, "record is not a JSON object".to_string());
+        };
+        for (name, value) in fields.iter() {
+            self.stage_field(name, Raw::Json(value));
+        }
+        self.end_row(line);
+    }
+
+    fn text_record(&mut self, line: usize, fields: &[&str]) {
+        self.start_row();
+        if fields.len() != self.text_names.len() {
+            return self.reject(
+                line,
+                None,
+                format!(
+                    "expected {} fields, got {}",
+                    self.text_names.len(),
+                    fields.len()
+                ),
+            );
+        }
+        let names = std::mem::take(&mut self.text_names);
+        for (name, value) in names.iter().zip(fields) {
+            self.stage_field(name, Raw::Text(value));
+        }
+        self.text_names = names;
+        self.end_row(line);
+    }
+
+    fn malformed_record(&mut self, line: usize, reason: &str) {
+        self.reject(line, None, reason.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int8Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ListArray};
+
+use super::*;
+use crate::decode::{self, BodyFormat, DecodeOptions};
+use crate::schema::SchemaSet;
+
+fn schemas() -> SchemaSet {
+    SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+fn compiled(stream: &str, options: &StreamOptions) -> CompiledSchema {
+    let set = schemas();
+    let schema = set
+        .versions(stream)
+        .unwrap()
+        .values()
+        .next_back()
+        .unwrap()
+        .clone();
+    CompiledSchema::new(schema, options).unwrap()
+}
+
+fn context() -> RequestContext {
+    RequestContext {
+        principal: "edge-a".into(),
+        origin: "worker-1".into(),
+        region: "eu-west".into(),
+        batch_id: "b-1".into(),
+        request_id: "r-1".into(),
+        received_at: 1_700_000_000,
+    }
+}
+
+fn validate(compiled: &CompiledSchema, format: BodyFormat, body: &str) -> ValidatedBatch {
+    let context = context();
+    let mut builder = compiled.begin(&context, 100);
+    let fields = compiled.delimited_fields();
+    let options = DecodeOptions {
+        delimiter: compiled.delimiter(),
+        delimited_fields: &fields,
+        max_records: 10_000,
+    };
+    let mut bytes = body.as_bytes().to_vec();
+    decode::decode(format, &mut bytes, &options, &mut builder).unwrap();
+    builder.finish()
+}
+
+fn column<'a>(batch: &'a ValidatedBatch, name: &str) -> &'a dyn Array {
+    batch.batch.column_by_name(name).unwrap().as_ref()
+}
+
+fn strings(batch: &ValidatedBatch, name: &str) -> Vec<Option<String>> {
+    column(batch, name)
+        .as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect()
+}
+
+/// Akamai's documented DataStream 2 JSON sample shape: every value a string, absent fields left
+/// out, text URL-encoded.
+const DS2_BATCH: &str = r#"{"version":"1","cp":"123456","reqId":"1239f220","reqTimeSec":"1573840000","bytes":"4995","cliIP":"128.147.28.68","statusCode":"206","proto":"HTTPS","reqHost":"test.hostname.net","reqMethod":"GET","reqPath":"%2Fpath1%2Fpath2%2Ffile.ext","reqPort":"443","rspContentLen":"5000","rspContentType":"text%2Fhtml","UA":"Mozilla%2F5.0+%28Macintosh%3B+Intel+Mac+OS+X+10_14_3%29","tlsOverheadTimeMSec":"0","tlsVersion":"TLSv1","objSize":"484","uncompressedSize":"484","overheadBytes":"232","totalBytes":"0","queryStr":"param=value","accLang":"en-US","cookie":"cookie-content","range":"37334-42356","referer":"https%3A%2F%2Ftest.referrer.net%2Fen-US%2Fdocs%2FWeb%2Ftest","xForwardedFor":"8.47.28.38","maxAgeSec":"3600","reqEndTimeMSec":"3","errorCode":"ERR_ACCESS_DENIED|fwd_acl","turnAroundTimeMSec":"11","transferTimeMSec":"125","dnsLookupTimeMSec":"50","cacheStatus":"1","country":"US","city":"HERNDON","streamId":"12345"}
+{"version":"1","cp":"123456","reqId":"1239f221","reqTimeSec":"1573840001","cliIP":"2001:db8::1","statusCode":"404","reqHost":"test.hostname.net","reqMethod":"HEAD","reqPath":"%2Fmissing","cacheStatus":"0","streamId":"12345"}
+"#;
+
+#[test]
+fn a_datastream2_batch_is_accepted_with_every_value_decoded() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let batch = validate(&compiled, BodyFormat::Ndjson, DS2_BATCH);
+    assert_eq!(batch.errors, []);
+    assert_eq!((batch.accepted, batch.rejected), (2, 0));
+    assert_eq!(
+        strings(&batch, "path")[0].as_deref(),
+        Some("/path1/path2/file.ext")
+    );
+    assert_eq!(
+        strings(&batch, "user_agent")[0].as_deref(),
+        Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_3)")
+    );
+    assert_eq!(
+        strings(&batch, "referer"),
+        [
+            Some("https://test.referrer.net/en-US/docs/Web/test".to_string()),
+            None
+        ]
+    );
+    assert_eq!(
+        strings(&batch, "content_type")[0].as_deref(),
+        Some("text/html")
+    );
+    let status: Vec<u16> = column(&batch, "status")
+        .as_primitive::<UInt16Type>()
+        .values()
+        .to_vec();
+    assert_eq!(status, [206, 404]);
+    let time = column(&batch, "time")
+        .as_primitive::<UInt32Type>()
+        .values()
+        .to_vec();
+    assert_eq!(time, [1_573_840_000, 1_573_840_001]);
+    // turnAroundTimeMSec is an alias of ttfb_ms; the second record has neither → NULL.
+    let ttfb = column(&batch, "ttfb_ms").as_primitive::<UInt32Type>();
+    assert_eq!((ttfb.value(0), ttfb.is_null(1)), (11, true));
+    let bytes = column(&batch, "bytes").as_primitive::<UInt64Type>();
+    assert_eq!(
+        (bytes.value(0), bytes.value(1)),
+        (4995, 0),
+        "absent non-nullable → 0"
+    );
+    let method = column(&batch, "method").as_primitive::<Int8Type>();
+    assert_eq!((method.value(0), method.value(1)), (1, 2));
+    assert_eq!(
+        column(&batch, "cache_status")
+            .as_primitive::<UInt8Type>()
+            .value(0),
+        1
+    );
+    assert_eq!(strings(&batch, "region")[1].as_deref(), Some("eu-west"));
+    assert_eq!(strings(&batch, "_principal")[0].as_deref(), Some("edge-a"));
+    assert_eq!(
+        column(&batch, "_received_at")
+            .as_primitive::<UInt32Type>()
+            .value(0),
+        1_700_000_000
+    );
+}
+
+#[test]
+fn bad_rows_are_reported_with_line_field_and_reason() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let good = r#"{"reqId":"a","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"200","reqHost":"h","reqMethod":"GET","reqPath":"/"}"#;
+    let body = [
+        good.to_string(),
+        good.replace("\"200\"", "\"abc\""),
+        good.replace("\"GET\"", "\"BREW\""),
+        "{not json".to_string(),
+        good.replace(",\"reqHost\":\"h\"", ""),
+        good.replace("\"200\"", "\"700\""),
+        good.replace("1.2.3.4", "1.2.3"),
+        "[1,2]".to_string(),
+        good.replace("\"200\"", "\"70000\""),
+        good.replace(
+            "\"reqTimeSec\":\"1573840000\"",
+            "\"reqTimeSec\":\"yesterday\"",
+        ),
+        good.replace("{", "{\"statusCode\":\"201\","),
+    ]
+    .join("\n");
+    let batch = validate(&compiled, BodyFormat::Ndjson, &body);
+    assert_eq!((batch.accepted, batch.rejected), (1, 10));
+    let errors: Vec<(usize, Option<&str>, &str)> = batch
+        .errors
+        .iter()
+        .map(|e| (e.line, e.field.as_deref(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        errors[0],
+        (2, Some("statusCode"), "expected UInt16, got \"abc\"")
+    );
+    assert_eq!(
+        errors[1],
+        (
+            3,
+            Some("reqMethod"),
+            "\"BREW\" is not one of GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT, TRACE"
+        )
+    );
+    assert_eq!(errors[2].0, 4);
+    assert!(errors[2].2.starts_with("invalid JSON"), "{:?}", errors[2]);
+    assert_eq!(errors[3], (5, Some("reqHost"), "missing required field"));
+    assert_eq!(
+        errors[4],
+        (6, Some("statusCode"), "value 700 is above the maximum 599")
+    );
+    assert_eq!(
+        errors[5],
+        (7, Some("cliIP"), "\"1.2.3\" is not an IP address")
+    );
+    assert_eq!(errors[6], (8, None, "record is not a JSON object"));
+    assert_eq!(
+        errors[7],
+        (9, Some("statusCode"), "value 70000 out of range for UInt16")
+    );
+    assert_eq!(
+        errors[8],
+        (
+            10,
+            Some("reqTimeSec"),
+            "expected DateTime (unix time or RFC 3339), got \"yesterday\""
+        )
+    );
+    assert_eq!(
+        errors[9],
+        (11, Some("statusCode"), "field appears more than once")
+    );
+}
+
+#[test]
+fn delimited_lines_use_the_schema_order_or_the_configured_one() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    // Akamai's documented STRUCTURED sample, completed to the schema's field count with "-".
+    let line = "1 12345 123456 1239f220 1573840000 4995 128.147.28.68 206 HTTPS test.hostname.net GET /path1/path2/file.ext 443 5000 text/html Mozilla%2F5.0+%28Macintosh%3B+Intel+Mac+OS+X+10_14_3%29 0 TLSv1 - 1 - US - -";
+    let batch = validate(
+        &compiled,
+        BodyFormat::Delimited,
+        &format!("{line}\n{line}\n"),
+    );
+    assert_eq!(batch.errors, []);
+    assert_eq!(batch.accepted, 2);
+    assert_eq!(
+        strings(&batch, "host")[0].as_deref(),
+        Some("test.hostname.net")
+    );
+    assert_eq!(
+        strings(&batch, "user_agent")[0].as_deref(),
+        Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_3)")
+    );
+
+    let options = StreamOptions {
+        delimited_fields: Some(
+            [
+                "reqTimeSec",
+                "reqId",
+                "_",
+                "cliIP",
+                "statusCode",
+                "reqHost",
+                "reqMethod",
+                "reqPath",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        ..Default::default()
+    };
+    let compiled = super::CompiledSchema::new(compiled.schema.clone(), &options).unwrap();
+    let batch = validate(
+        &compiled,
+        BodyFormat::Delimited,
+        "1573840000 r1 ignored 10.0.0.1 200 h GET /a\n1573840000 r2 x 10.0.0.1 200 h GET\n",
+    );
+    assert_eq!(batch.accepted, 1);
+    assert_eq!(batch.errors[0].reason, "expected 8 fields, got 7");
+    assert_eq!(strings(&batch, "request_id")[0].as_deref(), Some("r1"));
+
+    let bad = StreamOptions {
+        delimited_fields: Some(vec!["nope".into()]),
+        ..Default::default()
+    };
+    let err = super::CompiledSchema::new(compiled.schema.clone(), &bad).unwrap_err();
+    assert!(
+        err.starts_with("delimited_fields: \"nope\" is not a field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn csv_header_names_may_be_fields_aliases_or_column_names() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let body = "request_id,time,client_ip,status,host,method,path,country\nr1,2019-11-15T17:46:40Z,10.0.0.1,200,h,POST,\"/a,b\",DE\nr2,1573840000123,10.0.0.2,,h,GET,/,\n";
+    let batch = validate(&compiled, BodyFormat::Csv, body);
+    assert_eq!(batch.accepted, 1, "{:?}", batch.errors);
+    assert_eq!(batch.errors[0].line, 2);
+    assert_eq!(
+        batch.errors[0].field.as_deref(),
+        Some("statusCode"),
+        "the primary field name"
+    );
+    assert_eq!(batch.errors[0].reason, "missing required field");
+    assert_eq!(strings(&batch, "path")[0].as_deref(), Some("/a,b"));
+    assert_eq!(
+        column(&batch, "time").as_primitive::<UInt32Type>().value(0),
+        1_573_840_000
+    );
+}
+
+#[test]
+fn events_keep_unknown_fields_lists_uuids_and_json_properties() {
+    let compiled = compiled("edge_events", &StreamOptions::default());
+    let body = r#"[{"id":"61f0c404-5cb3-11e7-907b-a6006ad3dba0","ts":1573840000123,"worker":"w1","event":"cold_start","tags":["a","b"],"properties":{"k":[1,2],"s":"x"},"surprise":"yes","level":"warn"},
+      {"id":"61f0c404-5cb3-11e7-907b-a6006ad3dba0","ts":"2019-11-15T17:46:40.5+01:00","worker":"w1","event":"Bad Name"},
+      {"id":"not-a-uuid","ts":1,"worker":"w","event":"e"},
+      {"id":"61f0c404-5cb3-11e7-907b-a6006ad3dba0","ts":1573840000,"worker":"w1","event":"ok","tags":"x, y","duration_ms":"-1"}]"#;
+    let batch = validate(&compiled, BodyFormat::JsonArray, body);
+    let reasons: Vec<_> = batch
+        .errors
+        .iter()
+        .map(|e| (e.line, e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (2, "\"Bad Name\" does not match ^[a-z][a-z0-9_.]*$"),
+            (3, "expected UUID, got \"not-a-uuid\""),
+            (4, "value -1 is below the minimum 0"),
+        ]
+    );
+    assert_eq!(batch.accepted, 1);
+    assert_eq!(
+        strings(&batch, "_extra")[0].as_deref(),
+        Some(r#"{"surprise":"yes"}"#)
+    );
+    assert_eq!(
+        strings(&batch, "properties")[0].as_deref(),
+        Some(r#"{"k":[1,2],"s":"x"}"#)
+    );
+    assert_eq!(
+        column(&batch, "level").as_primitive::<Int8Type>().value(0),
+        3
+    );
+    assert_eq!(
+        column(&batch, "time").as_primitive::<UInt32Type>().value(0),
+        1_573_840_000
+    );
+    let tags = column(&batch, "tags")
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .unwrap();
+    assert_eq!(
+        tags.value(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let uuid = column(&batch, "event_id")
+        .as_fixed_size_binary()
+        .value(0)
+        .to_vec();
+    assert_eq!(
+        uuid,
+        uuid::Uuid::parse_str("61f0c404-5cb3-11e7-907b-a6006ad3dba0")
+            .unwrap()
+            .as_bytes()
+    );
+}
+
+#[test]
+fn unknown_fields_can_be_rejected() {
+    let options = StreamOptions {
+        unknown_fields: Some(UnknownFields::Reject),
+        ..Default::default()
+    };
+    let compiled = compiled("edge_access", &options);
+    let batch = validate(
+        &compiled,
+        BodyFormat::Ndjson,
+        r#"{"reqId":"a","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"200","reqHost":"h","reqMethod":"GET","reqPath":"/","mystery":"1"}"#,
+    );
+    assert_eq!(batch.errors[0].field.as_deref(), Some("mystery"));
+    assert_eq!(batch.errors[0].reason, "unknown field");
+}
