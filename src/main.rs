@@ -1,1 +1,248 @@
-fn main() {}
+//! The `sluice` command: parses arguments, loads and validates config, starts the stages and
+//! waits for shutdown.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use sluice::check;
+use sluice::config::Config;
+use sluice::schema::SchemaSet;
+use sluice::schema::ddl::{self, ServerVersion};
+use sluice::server::Server;
+use sluice::sink::clickhouse as ch;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Edge telemetry into ClickHouse, over mTLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the ingest service.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validates config and schemas, reaches ClickHouse and reports table/schema drift.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Schema tools.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Certificate tools.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Prints CREATE DATABASE/TABLE statements for the schemas.
+    Ddl {
+        /// Directory of schema files.
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        /// Database name.
+        #[arg(long, default_value = "sluice")]
+        database: String,
+        /// ClickHouse version to write DDL for, e.g. 18.16 or 24.8.
+        #[arg(long, conflicts_with = "config")]
+        server_version: Option<String>,
+        /// Ask the ClickHouse of this config for its version (and use its database).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Creates the database and tables on the configured ClickHouse (admin credentials).
+    Apply {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Writes a development CA, a server certificate and two client certificates.
+    Dev {
+        #[arg(long, default_value = ".local/certs")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, log_json } => {
+            init_logging(log_json);
+            let config = Config::load(&config)?;
+            let metrics = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("seconds".to_string()),
+                    &[
+                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )?
+                .install_recorder()?;
+            let server = Server::start(config, Some(metrics)).await?;
+            wait_for_signal().await;
+            tracing::info!("shutting down: draining requests and flushing");
+            server.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check_command(&config).await,
+        Command::Schema { command } => match command {
+            SchemaCommand::Ddl {
+                schemas,
+                database,
+                server_version,
+                config,
+            } => {
+                let (schemas, database, version) = match config {
+                    Some(path) => {
+                        let config = Config::load(&path)?;
+                        let c = &config.clickhouse;
+                        let (user, password) = c.admin_credentials();
+                        let version =
+                            check::server_version(&ch::client(&c.url, user, password)).await?;
+                        (config.schemas, c.database.clone(), version)
+                    }
+                    None => {
+                        let text = server_version.unwrap_or_else(|| "18.16".to_string());
+                        let version = ServerVersion::parse(&text).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--server-version: {text:?} is not a version like 18.16"
+                            )
+                        })?;
+                        (schemas, database, version)
+                    }
+                };
+                let set = SchemaSet::load_dir(&schemas)?;
+                let statements =
+                    ddl::statements(set.latest().map(|s| s.as_ref()), &database, version);
+                println!("-- sluice DDL for ClickHouse {version}");
+                print!("{}", ddl::script(&statements));
+                Ok(ExitCode::SUCCESS)
+            }
+            SchemaCommand::Apply { config } => {
+                let config = Config::load(&config)?;
+                let c = &config.clickhouse;
+                let set = SchemaSet::load_dir(&config.schemas)?;
+                let (user, password) = c.admin_credentials();
+                let version =
+                    check::apply_schemas(&ch::client(&c.url, user, password), &set, &c.database)
+                        .await?;
+                println!(
+                    "applied {} schema(s) to {} on ClickHouse {version}",
+                    set.latest().count(),
+                    c.database
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Certs {
+            command: CertsCommand::Dev { out },
+        } => {
+            let paths = sluice::certs::write_dev_certs(&out)?;
+            println!("wrote development certificates to {}", out.display());
+            println!("{paths:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn check_command(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    println!("config: ok ({})", path.display());
+    let schemas = SchemaSet::load_dir(&config.schemas)?;
+    for schema in schemas.iter() {
+        println!(
+            "schema: ok {} v{} → {}.{} ({} columns) {}",
+            schema.stream,
+            schema.version,
+            config.clickhouse.database,
+            schema.table.name,
+            schema.columns.len(),
+            schema.source.display()
+        );
+    }
+    let c = &config.clickhouse;
+    let client = ch::client(&c.url, &c.user, &c.password);
+    let version = check::server_version(&client).await?;
+    println!("clickhouse: ok {} (version {version})", c.url);
+    let mut broken = 0;
+    for schema in schemas.latest() {
+        let drift = check::drift(&client, schema, &c.database).await?;
+        if drift.is_empty() {
+            println!("table: ok {}.{}", c.database, schema.table.name);
+        }
+        for item in drift {
+            let breaks = item.breaks_inserts();
+            broken += usize::from(breaks);
+            println!("drift: {item}{}", if breaks { "" } else { " (harmless)" });
+        }
+    }
+    if broken > 0 {
+        println!("{broken} drift(s) break inserts: run `sluice schema ddl` and migrate the tables");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

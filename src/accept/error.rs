@@ -1,0 +1,148 @@
+//! Every answer that is not a 200, and the one table that maps it to an HTTP status.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::decode::DecodeError;
+use crate::validate::RowError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unknown stream {0:?}")]
+    UnknownStream(String),
+    #[error("stream {stream:?} has no schema version {version:?} (known: {known})")]
+    UnknownSchemaVersion {
+        stream: String,
+        version: String,
+        known: String,
+    },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("invalid header {name}: {reason}")]
+    BadHeader { name: &'static str, reason: String },
+    #[error("body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("body could not be read: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("all {rejected} rows were rejected")]
+    AllRowsRejected {
+        rejected: usize,
+        batch_id: String,
+        errors: Vec<RowError>,
+    },
+    #[error("ingest queue is full, retry later")]
+    Overloaded,
+    #[error("clickhouse is unavailable, retry later")]
+    Unavailable,
+    #[error(
+        "clickhouse refused the rows; sluice's log has the details under request id {request_id}"
+    )]
+    Refused { request_id: String },
+    #[error("sluice is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Status and stable code of each error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::UnknownStream(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
+            ApiError::UnknownSchemaVersion { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unknown_schema_version")
+            }
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            ApiError::Decode(err) => match err {
+                DecodeError::UnsupportedEncoding(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
+                }
+                DecodeError::UnsupportedContentType(_) => (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_content_type",
+                ),
+                DecodeError::Decompress { .. } => (StatusCode::BAD_REQUEST, "bad_compression"),
+                DecodeError::DecompressedTooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "decompressed_too_large")
+                }
+                DecodeError::TooManyRecords { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "too_many_records")
+                }
+                DecodeError::NotFramed { .. } => (StatusCode::BAD_REQUEST, "malformed_body"),
+            },
+            ApiError::AllRowsRejected { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "all_rows_rejected")
+            }
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Refused { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "insert_refused"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// Seconds a sender should wait before retrying, for 503s.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::Overloaded => Some(1),
+            ApiError::Unavailable | ApiError::ShuttingDown => Some(5),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [RowError]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut body = ErrorBody {
+            code,
+            message: self.to_string(),
+            accepted: None,
+            rejected: None,
+            batch_id: None,
+            errors: None,
+        };
+        if let ApiError::AllRowsRejected {
+            rejected,
+            batch_id,
+            errors,
+        } = &self
+        {
+            body.accepted = Some(0);
+            body.rejected = Some(*rejected);
+            body.batch_id = Some(batch_id);
+            body.errors = Some(errors);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

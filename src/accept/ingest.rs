@@ -1,0 +1,268 @@
+//! `POST /v1/streams/{stream}`: authenticate, read the body under its limit, decode and validate
+//! off the async workers, hand the rows to the pipeline, and answer once they are delivered.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::tls::PeerIdentity;
+use crate::auth;
+use crate::decode::{self, DecodeOptions};
+use crate::pipeline::SubmitError;
+use crate::sink::SinkError;
+use crate::validate::{CompiledSchema, RequestContext, RowError, ValidatedBatch};
+
+pub const BATCH_ID_HEADER: &str = "x-sluice-batch-id";
+pub const SCHEMA_VERSION_HEADER: &str = "x-sluice-schema-version";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The 200 answer.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub batch_id: String,
+    pub request_id: String,
+    pub errors: Vec<RowError>,
+}
+
+pub async fn ingest(
+    State(state): State<Arc<AppState>>,
+    Path(stream): Path<String>,
+    peer: Option<axum::Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let request_id = header_value(&headers, REQUEST_ID_HEADER)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let result = handle(
+        &state,
+        &stream,
+        peer.as_ref().map(|p| &p.0),
+        &headers,
+        body,
+        &request_id,
+    )
+    .await;
+    let stream_label = if state.pipeline.stream(&stream).is_some() {
+        stream.clone()
+    } else {
+        "unknown".to_string()
+    };
+    let mut response = match result {
+        Ok(accepted) => {
+            metrics::counter!("sluice_rows_accepted_total", "stream" => stream_label.clone())
+                .increment(accepted.accepted as u64);
+            metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone())
+                .increment(accepted.rejected as u64);
+            Json(accepted).into_response()
+        }
+        Err(error) => {
+            if let ApiError::AllRowsRejected { rejected, .. } = &error {
+                metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone())
+                    .increment(*rejected as u64);
+            }
+            tracing::info!(%stream, %request_id, %error, "request refused");
+            error.into_response()
+        }
+    };
+    metrics::counter!(
+        "sluice_requests_total",
+        "stream" => stream_label.clone(),
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!("sluice_request_seconds", "stream" => stream_label)
+        .record(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    stream: &str,
+    peer: Option<&PeerIdentity>,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Accepted, ApiError> {
+    let config = &state.config;
+    let versions = state
+        .pipeline
+        .stream(stream)
+        .ok_or_else(|| ApiError::UnknownStream(stream.to_string()))?;
+    let principal = auth::authenticate(config, peer)?;
+    auth::authorize_stream(principal, stream)?;
+    let (origin, region) = auth::origin_and_region(principal, headers)?;
+    let version = match header_value(headers, SCHEMA_VERSION_HEADER) {
+        None => versions.values().next_back(),
+        Some(text) => text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(|v| versions.get(&v)),
+    }
+    .ok_or_else(|| ApiError::UnknownSchemaVersion {
+        stream: stream.to_string(),
+        version: header_value(headers, SCHEMA_VERSION_HEADER)
+            .unwrap_or("")
+            .to_string(),
+        known: versions
+            .keys()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    let batch_id = match header_value(headers, BATCH_ID_HEADER) {
+        Some(id) if valid_id(id) => id.to_string(),
+        Some(_) => {
+            return Err(ApiError::BadHeader {
+                name: BATCH_ID_HEADER,
+                reason: "must be 1 to 128 printable ASCII characters".to_string(),
+            });
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let encoding =
+        decode::content_encoding(header_value(headers, header::CONTENT_ENCODING.as_str()))?;
+    let content_type = header_value(headers, header::CONTENT_TYPE.as_str()).map(str::to_string);
+
+    let limit = config.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+        if std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::BodyRead(err.to_string())
+        }
+    })?;
+    metrics::counter!("sluice_request_bytes_total", "stream" => stream.to_string())
+        .increment(bytes.len() as u64);
+
+    let context = RequestContext {
+        principal: principal.name.clone(),
+        origin,
+        region,
+        batch_id: batch_id.clone(),
+        request_id: request_id.to_string(),
+        received_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0),
+    };
+    let compiled = version.compiled.clone();
+    let limits = config.limits.clone();
+    let validated = tokio::task::spawn_blocking(move || {
+        validate_body(
+            &compiled,
+            &context,
+            &bytes,
+            encoding,
+            content_type.as_deref(),
+            &limits,
+        )
+    })
+    .await
+    .map_err(|err| {
+        tracing::error!(error = %err, "validation task failed");
+        ApiError::Internal
+    })??;
+
+    let Some(validated) = validated else {
+        // Logpush's destination probe: acknowledged, nothing stored.
+        return Ok(Accepted {
+            accepted: 0,
+            rejected: 0,
+            batch_id,
+            request_id: request_id.to_string(),
+            errors: Vec::new(),
+        });
+    };
+    if validated.accepted == 0 && validated.rejected > 0 {
+        return Err(ApiError::AllRowsRejected {
+            rejected: validated.rejected,
+            batch_id,
+            errors: validated.errors,
+        });
+    }
+    let ValidatedBatch {
+        batch,
+        accepted,
+        rejected,
+        errors,
+    } = validated;
+    let delivered = version.submit(batch).map_err(|err| match err {
+        SubmitError::Overloaded => ApiError::Overloaded,
+        SubmitError::ShuttingDown => ApiError::ShuttingDown,
+    })?;
+    match delivered.await {
+        Ok(Ok(insert_id)) => {
+            tracing::debug!(%stream, %request_id, %batch_id, %insert_id, accepted, rejected, "batch delivered");
+        }
+        Ok(Err(SinkError::Retryable(reason))) => {
+            tracing::warn!(%stream, %request_id, %batch_id, %reason, "batch not delivered");
+            return Err(ApiError::Unavailable);
+        }
+        Ok(Err(SinkError::Permanent { code, message })) => {
+            tracing::error!(%stream, %request_id, %batch_id, code, %message, "clickhouse refused the batch");
+            return Err(ApiError::Refused {
+                request_id: request_id.to_string(),
+            });
+        }
+        Err(_) => return Err(ApiError::ShuttingDown),
+    }
+    Ok(Accepted {
+        accepted,
+        rejected,
+        batch_id,
+        request_id: request_id.to_string(),
+        errors,
+    })
+}
+
+/// Decompresses, frames and validates one body (CPU work: runs on a blocking thread).
+/// `None` for Logpush's destination probe.
+fn validate_body(
+    compiled: &CompiledSchema,
+    context: &RequestContext,
+    body: &[u8],
+    encoding: decode::ContentEncoding,
+    content_type: Option<&str>,
+    limits: &crate::config::Limits,
+) -> Result<Option<ValidatedBatch>, ApiError> {
+    let mut body = decode::decompress(body, encoding, limits.max_decompressed_bytes)?;
+    if decode::is_logpush_probe(&body) {
+        return Ok(None);
+    }
+    let format = decode::body_format(content_type, &body)?;
+    let delimited_fields = compiled.delimited_fields();
+    let options = DecodeOptions {
+        delimiter: compiled.delimiter(),
+        delimited_fields: &delimited_fields,
+        max_records: limits.max_rows_per_batch,
+    };
+    let mut builder = compiled.begin(context, limits.max_errors_reported);
+    decode::decode(format, &mut body, &options, &mut builder)?;
+    Ok(Some(builder.finish()))
+}
+
+fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}

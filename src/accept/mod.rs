@@ -1,0 +1,66 @@
+//! Accept: the ingest listener (HTTPS with client certificates, HTTP/1.1 and HTTP/2) and the
+//! admin listener. Limits on connections, request time and body size are enforced here; bodies
+//! are not parsed here.
+
+pub mod admin;
+pub mod error;
+pub mod ingest;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+
+/// What ingest handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+}
+
+/// The ingest router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let timeout = Duration::from_secs(state.config.limits.request_timeout_secs);
+    Router::new()
+        .route("/v1/streams/{stream}", post(ingest::ingest))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+/// Serves ingest on `listener` until `shutdown` completes.
+pub async fn serve_ingest(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = state.config.clone();
+    let router = app(state);
+    match &config.ingest.tls {
+        Some(tls) => {
+            let server_config = tls::server_config(tls)?;
+            tls::serve_tls(
+                listener,
+                server_config,
+                router,
+                config.limits.max_connections,
+                shutdown,
+            )
+            .await;
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}

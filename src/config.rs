@@ -1,0 +1,476 @@
+//! The sluice configuration file (TOML) with `SLUICE_…` environment overrides.
+//!
+//! Environment variables override file keys: `SLUICE_CLICKHOUSE__URL` sets `clickhouse.url`
+//! (sections are separated by a double underscore). Unknown keys are errors. After loading,
+//! [`Config::validate`] checks what serde cannot and names the offending key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::accept::tls::TlsConfig;
+use crate::encode::Compression;
+use crate::schema::UnknownFields;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    pub clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Directory of stream schema files (`*.toml`), relative to the working directory.
+    #[serde(default = "default_schemas_dir")]
+    pub schemas: PathBuf,
+    /// Who may send, and what they may claim.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+    /// Per-stream input options.
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address of the ingest listener, e.g. `127.0.0.1:8443`.
+    pub listen: SocketAddr,
+    /// TLS settings; required unless `plain_http = true`.
+    pub tls: Option<TlsConfig>,
+    /// Serve ingest over plain HTTP (no TLS, no client certificates). For tests behind a
+    /// TLS-terminating proxy only; must be set explicitly.
+    #[serde(default)]
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); plain HTTP.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Limits on what one request or the whole process may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body as sent (compressed), in bytes. Over it: 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest body after decompression, in bytes. Over it: 413.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
+    /// Most records in one request. Over it: 413.
+    #[serde(default = "default_max_rows_per_batch")]
+    pub max_rows_per_batch: usize,
+    /// Most concurrent ingest connections; further connections wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest time one request may take, from headers to answer, in seconds. Over it: 408.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Most rejected rows listed in an answer's `errors` (all are counted).
+    #[serde(default = "default_max_errors_reported")]
+    pub max_errors_reported: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body_bytes(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
+            max_rows_per_batch: default_max_rows_per_batch(),
+            max_connections: default_max_connections(),
+            request_timeout_secs: default_request_timeout_secs(),
+            max_errors_reported: default_max_errors_reported(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding the streams' tables.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User for inserts (needs INSERT rights only).
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// User for DDL (`sluice schema apply`, `apply_schema`); default: `user`.
+    pub admin_user: Option<String>,
+    pub admin_password: Option<String>,
+    /// Create the database and tables at start (needs admin rights).
+    #[serde(default)]
+    pub apply_schema: bool,
+    /// Block compression of inserts: `lz4` (cheapest for the server), `zstd` (fewest bytes) or
+    /// `none`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// zstd level when `compression = "zstd"`.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Longest time one insert may take, in seconds.
+    #[serde(default = "default_insert_timeout_secs")]
+    pub insert_timeout_secs: u64,
+    /// Attempts per insert before its requests are answered 503.
+    #[serde(default = "default_insert_attempts")]
+    pub insert_attempts: u32,
+    /// Inserts in flight at once across all tables.
+    #[serde(default = "default_max_inserts_in_flight")]
+    pub max_inserts_in_flight: usize,
+}
+
+impl ClickHouseConfig {
+    pub fn admin_credentials(&self) -> (&str, &str) {
+        match &self.admin_user {
+            Some(user) => (user, self.admin_password.as_deref().unwrap_or("")),
+            None => (&self.user, &self.password),
+        }
+    }
+}
+
+/// When a table's pending rows are flushed to ClickHouse: whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per insert.
+    #[serde(default = "default_batch_rows")]
+    pub max_rows: usize,
+    /// Arrow bytes per insert (before encoding).
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: usize,
+    /// Age of the oldest pending row, in milliseconds.
+    #[serde(default = "default_batch_age_ms")]
+    pub max_age_ms: u64,
+    /// Validated requests queued per table before new requests are answered 503.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: default_batch_rows(),
+            max_bytes: default_batch_bytes(),
+            max_age_ms: default_batch_age_ms(),
+            queue_depth: default_queue_depth(),
+        }
+    }
+}
+
+/// A sender identity and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Name stored in the `_principal` audit column.
+    pub name: String,
+    /// Client-certificate identities that are this principal: a DNS or URI subject alternative
+    /// name, or the subject common name.
+    #[serde(default)]
+    pub cert_names: Vec<String>,
+    /// Streams it may write; `"*"` for all.
+    pub streams: Vec<String>,
+    /// Origin (edge worker / property id) stored for its rows.
+    #[serde(default)]
+    pub origin: String,
+    /// Region / PoP stored for its rows.
+    #[serde(default)]
+    pub region: String,
+}
+
+impl PrincipalConfig {
+    pub fn may_write(&self, stream: &str) -> bool {
+        self.streams.iter().any(|s| s == "*" || s == stream)
+    }
+}
+
+/// Input options of one stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    /// Field order of `text/plain` delimited lines (body field names; `"_"` skips a position).
+    /// Default: the schema's body columns in order.
+    pub delimited_fields: Option<Vec<String>>,
+    /// Overrides the schema's `input.unknown_fields`: `ignore`, `keep` or `reject`.
+    pub unknown_fields: Option<UnknownFields>,
+}
+
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body_bytes() -> usize {
+    32 << 20
+}
+fn default_max_decompressed_bytes() -> usize {
+    256 << 20
+}
+fn default_max_rows_per_batch() -> usize {
+    1_000_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_request_timeout_secs() -> u64 {
+    60
+}
+fn default_max_errors_reported() -> usize {
+    100
+}
+fn default_database() -> String {
+    "sluice".to_string()
+}
+fn default_user() -> String {
+    "default".to_string()
+}
+fn default_compression() -> Compression {
+    Compression::Lz4
+}
+fn default_zstd_level() -> i32 {
+    1
+}
+fn default_insert_timeout_secs() -> u64 {
+    30
+}
+fn default_insert_attempts() -> u32 {
+    3
+}
+fn default_max_inserts_in_flight() -> usize {
+    4
+}
+fn default_batch_rows() -> usize {
+    100_000
+}
+fn default_batch_bytes() -> usize {
+    16 << 20
+}
+fn default_batch_age_ms() -> u64 {
+    1000
+}
+fn default_queue_depth() -> usize {
+    256
+}
+
+impl Config {
+    /// Reads `path`, applies `SLUICE_…` environment overrides, and validates.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        if !path.exists() {
+            anyhow::bail!("config file {} does not exist", path.display());
+        }
+        let config: Config = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("SLUICE_").split("__"))
+            .extract()
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        config
+            .validate()
+            .map_err(|message| anyhow::anyhow!("{}: {message}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Parses a config from TOML text (no environment overrides); for tests.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config
+            .validate()
+            .map_err(|message| anyhow::anyhow!(message))?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.ingest.tls, self.ingest.plain_http) {
+            (None, false) => {
+                return Err("ingest.tls: required unless ingest.plain_http = true".to_string());
+            }
+            (Some(_), true) => {
+                return Err("ingest.plain_http: cannot be combined with ingest.tls".to_string());
+            }
+            (Some(tls), false) => tls.validate("ingest.tls")?,
+            (None, true) => {}
+        }
+        let positive = [
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            (
+                "limits.max_decompressed_bytes",
+                self.limits.max_decompressed_bytes as u64,
+            ),
+            (
+                "limits.max_rows_per_batch",
+                self.limits.max_rows_per_batch as u64,
+            ),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.request_timeout_secs",
+                self.limits.request_timeout_secs,
+            ),
+            ("batch.max_rows", self.batch.max_rows as u64),
+            ("batch.max_bytes", self.batch.max_bytes as u64),
+            ("batch.max_age_ms", self.batch.max_age_ms),
+            ("batch.queue_depth", self.batch.queue_depth as u64),
+            (
+                "clickhouse.insert_timeout_secs",
+                self.clickhouse.insert_timeout_secs,
+            ),
+            (
+                "clickhouse.insert_attempts",
+                self.clickhouse.insert_attempts as u64,
+            ),
+            (
+                "clickhouse.max_inserts_in_flight",
+                self.clickhouse.max_inserts_in_flight as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.limits.max_decompressed_bytes < self.limits.max_body_bytes {
+            return Err(
+                "limits.max_decompressed_bytes: must be at least limits.max_body_bytes".to_string(),
+            );
+        }
+        if !(self.clickhouse.url.starts_with("http://")
+            || self.clickhouse.url.starts_with("https://"))
+        {
+            return Err(format!(
+                "clickhouse.url: {:?} is not an http:// or https:// URL",
+                self.clickhouse.url
+            ));
+        }
+        if !(1..=22).contains(&self.clickhouse.zstd_level) {
+            return Err("clickhouse.zstd_level: must be between 1 and 22".to_string());
+        }
+        let valid_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name(&self.clickhouse.database) {
+            return Err(format!(
+                "clickhouse.database: {:?} is not a valid name",
+                self.clickhouse.database
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, principal) in self.principals.iter().enumerate() {
+            if principal.name.is_empty() {
+                return Err(format!("principals[{i}].name: must not be empty"));
+            }
+            if !names.insert(&principal.name) {
+                return Err(format!(
+                    "principals[{i}].name: duplicate principal {:?}",
+                    principal.name
+                ));
+            }
+            if principal.streams.is_empty() {
+                return Err(format!(
+                    "principals[{i}].streams: must name at least one stream or \"*\""
+                ));
+            }
+        }
+        let mut cert_names = std::collections::HashSet::new();
+        for (i, principal) in self.principals.iter().enumerate() {
+            for name in &principal.cert_names {
+                if !cert_names.insert(name) {
+                    return Err(format!(
+                        "principals[{i}].cert_names: {name:?} already maps to another principal"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The principal a verified client certificate maps to.
+    pub fn principal_for_cert<'i>(
+        &self,
+        identities: impl IntoIterator<Item = &'i str>,
+    ) -> Option<&PrincipalConfig> {
+        identities.into_iter().find_map(|identity| {
+            self.principals
+                .iter()
+                .find(|p| p.cert_names.iter().any(|n| n == identity))
+        })
+    }
+
+    pub fn stream_config(&self, stream: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [ingest]
+        listen = "127.0.0.1:0"
+        plain_http = true
+        [clickhouse]
+        url = "http://127.0.0.1:8123"
+    "#;
+
+    #[test]
+    fn defaults_fill_a_minimal_config() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.batch.max_rows, 100_000);
+        assert_eq!(config.clickhouse.compression, Compression::Lz4);
+        assert_eq!(config.admin.listen.port(), 9090);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml(&MINIMAL.replace("plain_http = true", "")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ingest.tls: required unless ingest.plain_http = true"
+        );
+        let err = Config::from_toml(&format!("{MINIMAL}\n[batch]\nmax_rows = 0")).unwrap_err();
+        assert_eq!(err.to_string(), "batch.max_rows: must be greater than 0");
+        let err = Config::from_toml(&format!("{MINIMAL}\n[batch]\nmax_rowz = 1")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_rowz`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_CLICKHOUSE__DATABASE", "from_env");
+            jail.set_env("SLUICE_BATCH__MAX_AGE_MS", "250");
+            let config = Config::load(&path).unwrap();
+            assert_eq!(config.clickhouse.database, "from_env");
+            assert_eq!(config.batch.max_age_ms, 250);
+            jail.set_env("SLUICE_BATCH__MAX_AGE_MS", "soon");
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains("max_age_ms"), "{err}");
+            Ok(())
+        });
+    }
+}

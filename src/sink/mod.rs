@@ -1,0 +1,106 @@
+//! Sink: deliver encoded inserts to ClickHouse.
+//!
+//! The [`Sink`] trait is the boundary the pipeline talks to; [`clickhouse::ClickHouseSink`] is the
+//! real one (HTTP, Native format, ClickHouse block framing), [`MemorySink`] keeps inserts in
+//! memory for unit tests and benches. Retry decisions live with delivery: an error says whether
+//! the same insert may be tried again.
+
+pub mod clickhouse;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+/// Where one table's inserts go, and what they contain.
+#[derive(Debug)]
+pub struct TableTarget {
+    pub database: String,
+    pub table: String,
+    /// `INSERT INTO db.table (c1, c2, …) FORMAT Native`.
+    pub insert_sql: String,
+}
+
+impl TableTarget {
+    pub fn new<'a>(database: &str, table: &str, columns: impl Iterator<Item = &'a str>) -> Self {
+        let columns: Vec<String> = columns.map(|c| format!("`{c}`")).collect();
+        TableTarget {
+            database: database.to_string(),
+            table: table.to_string(),
+            insert_sql: format!(
+                "INSERT INTO {database}.{table} ({}) FORMAT Native",
+                columns.join(", ")
+            ),
+        }
+    }
+}
+
+/// One encoded insert.
+#[derive(Debug, Clone)]
+pub struct InsertRequest {
+    pub target: Arc<TableTarget>,
+    /// Native blocks, wrapped in ClickHouse block framing when `framed`.
+    pub body: Bytes,
+    /// Whether `body` carries ClickHouse compressed-block framing (`decompress=1`).
+    pub framed: bool,
+    pub rows: usize,
+    /// Unique id of this insert, sent as ClickHouse `query_id`.
+    pub insert_id: Arc<str>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SinkError {
+    /// Worth retrying: network trouble, timeouts, server overload, 5xx without a permanent code.
+    #[error("clickhouse unavailable: {0}")]
+    Retryable(String),
+    /// The same insert would fail again: type mismatch, unknown table, no rights.
+    #[error("clickhouse refused the insert (code {code}): {message}")]
+    Permanent { code: u32, message: String },
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable(_))
+    }
+
+    /// A short label for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SinkError::Retryable(_) => "retryable",
+            SinkError::Permanent { .. } => "permanent",
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError>;
+}
+
+/// Keeps every insert in memory; can be told to fail.
+#[derive(Default)]
+pub struct MemorySink {
+    pub inserts: Mutex<Vec<InsertRequest>>,
+    failure: Mutex<Option<SinkError>>,
+}
+
+impl MemorySink {
+    /// Makes every following insert fail with `error` (None: succeed again).
+    pub fn fail_with(&self, error: Option<SinkError>) {
+        *self.failure.lock().unwrap() = error;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.inserts.lock().unwrap().iter().map(|i| i.rows).sum()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for MemorySink {
+    async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError> {
+        if let Some(error) = self.failure.lock().unwrap().clone() {
+            return Err(error);
+        }
+        self.inserts.lock().unwrap().push(request.clone());
+        Ok(())
+    }
+}
