@@ -469,7 +469,7 @@ mod tests {
             assert_eq!(config.batch.max_age_ms, 250);
             jail.set_env("SLUICE_BATCH__MAX_AGE_MS", "soon");
             let err = Config::load(&path).unwrap_err().to_string();
-            assert!(err.contains("max_age_ms"), "{err}");
+            assert!(err.to_lowercase().contains("batch.max_age_ms"), "{err}");
             Ok(())
         });
     }
