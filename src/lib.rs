@@ -1,2 +1,5 @@
 //! Sluice moves edge telemetry into ClickHouse.
+//!
+//! Tools: [`certs`] writes development certificates (`sluice certs dev`).
+pub mod certs;
 pub mod schema;
