@@ -37,7 +37,7 @@ pub struct Accepted {
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Option<axum::Extension<Option<Arc<PeerIdentity>>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -45,10 +45,11 @@ pub async fn ingest(
     let request_id = header_value(&headers, REQUEST_ID_HEADER)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let peer = peer.and_then(|axum::Extension(peer)| peer);
     let result = handle(
         &state,
         &stream,
-        peer.as_ref().map(|p| &p.0),
+        peer.as_deref(),
         &headers,
         body,
         &request_id,
