@@ -1,25 +1,12 @@
-// placeholder until the encoder lands
-use crate::schema::ChType;
-use arrow_array::RecordBatch;
-pub struct NativeColumn<'a> {
-    pub name: &'a str,
-    pub ch_type: &'a ChType,
-}
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Lz4,
-    Zstd,
-}
-#[derive(Debug, thiserror::Error)]
-#[error("encode")]
-pub struct EncodeError;
-pub fn write_native_block(
-    _c: &[NativeColumn<'_>],
-    _b: &RecordBatch,
-    _o: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
-    Err(EncodeError)
-}
-pub fn write_compressed_frames(_n: &[u8], _c: Compression, _l: i32, _o: &mut Vec<u8>) {}
+//! Encode: Arrow batches to the bytes ClickHouse ingests cheapest.
+//!
+//! [`native`] writes Native-format blocks (the server's own columnar layout: it copies columns
+//! instead of parsing rows); [`frame`] wraps them in ClickHouse's compressed-block framing (LZ4
+//! or zstd, CityHash128 checksums), sent with `decompress=1`. The byte layouts are those checked
+//! against ClickHouse 18.16 and the current engine.
+
+pub mod frame;
+pub mod native;
+
+pub use frame::{Compression, write_compressed_frames};
+pub use native::{EncodeError, NativeColumn, write_native_block};
