@@ -5,6 +5,8 @@
 //! loudly when the variable is missing or the server does not answer: it never skips itself.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A throw-away database on the test server, one per test.
@@ -16,7 +18,13 @@ pub struct TestClickHouse {
 
 static DATABASE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// reqwest is built without a bundled crypto provider (the whole tree uses ring); install it.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn clickhouse_url() -> String {
+    init_crypto();
     std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| {
         panic!(
             "TEST_CLICKHOUSE_URL is not set: run the suite with the README's test command, \
