@@ -78,12 +78,10 @@ pub(super) fn decode_array(
 }
 
 fn describe(err: &simd_json::Error) -> String {
-    // simd-json's Display reads "Syntax at character 12 ('x')"; keep it, lowercase first letter.
-    let text = err.to_string();
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
+    match err.character() {
+        _ if err.is_eof() => "unexpected end of input".to_string(),
+        Some(c) => format!("unexpected {c:?} at byte {}", err.index()),
+        None => format!("malformed at byte {}", err.index()),
     }
 }
 

@@ -48,7 +48,10 @@ impl TestClickHouse {
             http: reqwest::Client::new(),
         };
         test_clickhouse
-            .exec(&format!("DROP DATABASE IF EXISTS {}", test_clickhouse.database))
+            .exec(&format!(
+                "DROP DATABASE IF EXISTS {}",
+                test_clickhouse.database
+            ))
             .await;
         test_clickhouse
             .exec(&format!("CREATE DATABASE {}", test_clickhouse.database))
@@ -68,7 +71,10 @@ impl TestClickHouse {
             .unwrap_or_else(|err| panic!("ClickHouse at {} did not answer: {err}", self.url));
         let status = response.status();
         let body = response.text().await.expect("ClickHouse answer body");
-        assert!(status.is_success(), "ClickHouse refused {sql:?}: {status} {body}");
+        assert!(
+            status.is_success(),
+            "ClickHouse refused {sql:?}: {status} {body}"
+        );
         body
     }
 

@@ -111,10 +111,7 @@ impl TestServer {
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!(
-            "http://{}{path}",
-            self.server.as_ref().unwrap().admin_addr
-        )
+        format!("http://{}{path}", self.server.as_ref().unwrap().admin_addr)
     }
 
     pub async fn stop(mut self) {
@@ -132,7 +129,10 @@ pub async fn post(
     encoding: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    let mut request = client.post(url).header("content-type", content_type).body(body);
+    let mut request = client
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
     if let Some(encoding) = encoding {
         request = request.header("content-encoding", encoding);
     }
