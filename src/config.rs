@@ -196,6 +196,11 @@ pub struct PrincipalConfig {
     /// Region / PoP stored for its rows.
     #[serde(default)]
     pub region: String,
+    /// This sender URL-encodes text values (RFC 1738, `+` for space), as Akamai DataStream 2
+    /// does in JSON and structured bodies: schema columns marked `url_decode` are decoded.
+    /// Delimited (structured) bodies are always decoded.
+    #[serde(default)]
+    pub url_encoded: bool,
 }
 
 impl PrincipalConfig {

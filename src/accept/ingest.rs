@@ -163,13 +163,14 @@ async fn handle(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0),
+        url_encoded: principal.url_encoded,
     };
     let compiled = version.compiled.clone();
     let limits = config.limits.clone();
     let validated = tokio::task::spawn_blocking(move || {
         validate_body(
             &compiled,
-            &context,
+            context,
             &bytes,
             encoding,
             content_type.as_deref(),
@@ -238,7 +239,7 @@ async fn handle(
 /// `None` for Logpush's destination probe.
 fn validate_body(
     compiled: &CompiledSchema,
-    context: &RequestContext,
+    mut context: RequestContext,
     body: &[u8],
     encoding: decode::ContentEncoding,
     content_type: Option<&str>,
@@ -249,13 +250,15 @@ fn validate_body(
         return Ok(None);
     }
     let format = decode::body_format(content_type, &body)?;
+    // Structured lines hold no spaces only because their values are URL-encoded.
+    context.url_encoded |= format == decode::BodyFormat::Delimited;
     let delimited_fields = compiled.delimited_fields();
     let options = DecodeOptions {
         delimiter: compiled.delimiter(),
         delimited_fields: &delimited_fields,
         max_records: limits.max_rows_per_batch,
     };
-    let mut builder = compiled.begin(context, limits.max_errors_reported);
+    let mut builder = compiled.begin(&context, limits.max_errors_reported);
     decode::decode(format, &mut body, &options, &mut builder)?;
     Ok(Some(builder.finish()))
 }

@@ -42,10 +42,13 @@ enum Number {
 }
 
 /// Coerces `value` for `column`. Returns `Staged::Unset` when the value means "absent".
+/// `url_encoded`: the sender URL-encodes text, so `url_decode` columns are decoded.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn stage(
     column: &Column,
     value: Raw<'_>,
     absent: &[String],
+    url_encoded: bool,
     scratch: &mut String,
     list_items: &mut Vec<(u32, u32)>,
     url_buffer: &mut Vec<u8>,
@@ -112,7 +115,7 @@ pub(super) fn stage(
         }
         ChType::String | ChType::FixedString(_) => {
             let start = scratch.len();
-            push_string(column, value, scratch, url_buffer)?;
+            push_string(column, value, url_encoded, scratch, url_buffer)?;
             let text = &scratch[start..];
             check_text(column, ty, text)?;
             Staged::Str(start as u32, scratch.len() as u32)
@@ -196,6 +199,7 @@ fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
 fn push_string(
     column: &Column,
     value: Raw<'_>,
+    url_encoded: bool,
     scratch: &mut String,
     url_buffer: &mut Vec<u8>,
 ) -> Result<(), String> {
@@ -220,7 +224,7 @@ fn push_string(
             return Err(expected(&column.ch_type, value));
         }
     };
-    if column.spec.url_decode && text.contains(['%', '+']) {
+    if url_encoded && column.spec.url_decode && text.contains(['%', '+']) {
         url_buffer.clear();
         for (i, part) in text.split('+').enumerate() {
             if i > 0 {

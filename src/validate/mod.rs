@@ -41,6 +41,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// Unix seconds.
     pub received_at: u32,
+    /// The sender URL-encodes text values (RFC 1738, `+` for space) as Akamai DataStream 2
+    /// does: columns marked `url_decode` are decoded.
+    pub url_encoded: bool,
 }
 
 /// Per-stream options from the sluice config that change how bodies map to columns.
@@ -380,6 +383,7 @@ impl BatchBuilder<'_> {
             column,
             value,
             absent,
+            self.context.url_encoded,
             &mut self.scratch,
             &mut self.list_items,
             &mut self.url_buffer,
@@ -447,6 +451,7 @@ impl BatchBuilder<'_> {
                         column,
                         Raw::Text(default),
                         &[],
+                        false,
                         &mut self.scratch,
                         &mut self.list_items,
                         &mut self.url_buffer,

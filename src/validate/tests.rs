@@ -32,6 +32,7 @@ fn context() -> RequestContext {
         batch_id: "b-1".into(),
         request_id: "r-1".into(),
         received_at: 1_700_000_000,
+        url_encoded: true,
     }
 }
 

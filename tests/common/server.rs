@@ -44,6 +44,7 @@ name = "edge-a"
 cert_names = ["edge-a.sluice.local"]
 streams = ["*"]
 region = "eu-test"
+url_encoded = true
 [[principals]]
 name = "edge-b"
 cert_names = ["edge-b.sluice.local"]
