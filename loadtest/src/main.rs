@@ -1,1 +1,217 @@
-fn main() {}
+//! `sluice-loadtest`: post seeded edge traffic to sluice, or write a body to stdout.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use sluice_loadtest::generator::{
+    Encoding, Format, Generator, GeneratorConfig, compress, encode_access, encode_events,
+};
+use sluice_loadtest::send::{SendOptions, Stream, send, unique_batch_prefix};
+use sluice_loadtest::{mtls_client, plain_client, tls_config};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Seeded edge-traffic generator and load sender for sluice"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate batches and POST them to a sluice stream URL.
+    Send(SendArgs),
+    /// Write one generated body (encoded and compressed) to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct RowArgs {
+    /// Rows to generate.
+    #[arg(long, default_value_t = 1000)]
+    rows: usize,
+    /// ndjson | json | csv | delimited.
+    #[arg(long, default_value = "ndjson")]
+    format: Format,
+    /// identity | gzip | zstd.
+    #[arg(long, default_value = "gzip")]
+    encoding: Encoding,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First row time, unix seconds, or "now" (= now minus --span-secs). Give a number for
+    /// byte-identical runs.
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// Row times are spread over this many seconds from --start.
+    #[arg(long, default_value_t = 3600)]
+    span_secs: u64,
+}
+
+impl RowArgs {
+    fn generator_config(&self) -> anyhow::Result<GeneratorConfig> {
+        Ok(if self.start == "now" {
+            GeneratorConfig::recent(self.span_secs)
+        } else {
+            GeneratorConfig {
+                start_unix: self
+                    .start
+                    .parse()
+                    .with_context(|| format!("--start {:?}: unix seconds or now", self.start))?,
+                span_secs: self.span_secs,
+                ..GeneratorConfig::default()
+            }
+        })
+    }
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Stream URL, e.g. https://127.0.0.1:8443/v1/streams/edge_access.
+    #[arg(long)]
+    url: String,
+    /// edge_access | edge_events (default: the URL's last path segment, else edge_access).
+    #[arg(long)]
+    stream: Option<Stream>,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM, may hold a chain).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Send over plain HTTP (no TLS); the URL must be http://.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    plain_http: bool,
+    #[command(flatten)]
+    rows: RowArgs,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 500)]
+    batch_rows: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Batch ids are PREFIX-000000, PREFIX-000001, … (default: unique per run).
+    #[arg(long)]
+    batch_id_prefix: Option<String>,
+    /// Extra request header, "Name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// edge_access | edge_events.
+    #[arg(long, default_value = "edge_access")]
+    stream: Stream,
+    #[command(flatten)]
+    rows: RowArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Send(args) => run_send(args).await,
+        Command::Generate(args) => run_generate(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let scheme = args.url.split("://").next().unwrap_or("");
+    let client = if args.plain_http {
+        if scheme != "http" {
+            bail!("--plain-http needs an http:// URL");
+        }
+        plain_client()?
+    } else {
+        if scheme != "https" {
+            bail!("an {scheme}:// URL needs --plain-http (TLS is the default)");
+        }
+        let ca = args
+            .ca
+            .as_deref()
+            .context("--ca is required for https://")?;
+        match (&args.cert, &args.key) {
+            (Some(cert), Some(key)) => mtls_client(ca, cert, key)?,
+            _ => sluice_loadtest::client::client_with_tls(tls_config(ca, None)?)?,
+        }
+    };
+    let stream = args
+        .stream
+        .or_else(|| Stream::from_url(&args.url))
+        .unwrap_or(Stream::EdgeAccess);
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .with_context(|| format!("--header {h:?}: use \"Name: value\""))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = SendOptions {
+        url: args.url.clone(),
+        stream,
+        rows: args.rows.rows,
+        batch_rows: args.batch_rows,
+        format: args.rows.format,
+        encoding: args.rows.encoding,
+        seed: args.rows.seed,
+        concurrency: args.concurrency,
+        generator: args.rows.generator_config()?,
+        batch_id_prefix: args
+            .batch_id_prefix
+            .clone()
+            .unwrap_or_else(|| unique_batch_prefix(args.rows.seed)),
+        headers,
+    };
+    eprintln!(
+        "sending {} {} rows to {} as {} ({}), {} rows per batch, {} in flight",
+        opts.rows,
+        stream.as_str(),
+        opts.url,
+        opts.format.as_str(),
+        opts.encoding.content_encoding(),
+        opts.batch_rows,
+        opts.concurrency
+    );
+    let report = send(&client, &opts).await?;
+    println!("{report}");
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let mut generator = Generator::with_config(args.rows.seed, args.rows.generator_config()?);
+    let body = match args.stream {
+        Stream::EdgeAccess => {
+            encode_access(&generator.edge_access(args.rows.rows), args.rows.format)
+        }
+        Stream::EdgeEvents => {
+            encode_events(&generator.edge_events(args.rows.rows), args.rows.format)
+        }
+    };
+    let body = compress(&body, args.rows.encoding);
+    std::io::stdout()
+        .lock()
+        .write_all(&body)
+        .context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
