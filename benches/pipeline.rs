@@ -1,1 +1,130 @@
-fn main() {}
+//! Criterion benches of the hot path, on generated DataStream 2-style `edge_access` traffic:
+//! decode + validate per body format (with and without gzip), and Native encoding with each
+//! block compression.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::decode::{self, ContentEncoding, DecodeOptions};
+use sluice::encode::{self, Compression, NativeColumn};
+use sluice::schema::SchemaSet;
+use sluice::validate::{CompiledSchema, RequestContext, StreamOptions, ValidatedBatch};
+use sluice_loadtest::generator::{self, Encoding, Format, Generator};
+
+const ROWS: usize = 10_000;
+
+fn compiled() -> CompiledSchema {
+    let set = SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+    let schema = set.versions("edge_access").unwrap().values().next_back().unwrap().clone();
+    CompiledSchema::new(schema, &StreamOptions::default()).unwrap()
+}
+
+fn context() -> RequestContext {
+    RequestContext {
+        principal: "edge-a".into(),
+        region: "bench".into(),
+        url_encoded: true,
+        ..Default::default()
+    }
+}
+
+fn validate(
+    compiled: &CompiledSchema,
+    context: &RequestContext,
+    body: &[u8],
+    encoding: ContentEncoding,
+    format: decode::BodyFormat,
+) -> ValidatedBatch {
+    let mut bytes = decode::decompress(body, encoding, usize::MAX).unwrap();
+    let fields = compiled.delimited_fields();
+    let options = DecodeOptions {
+        delimiter: compiled.delimiter(),
+        delimited_fields: &fields,
+        max_records: usize::MAX,
+    };
+    let mut builder = compiled.begin(context, 100);
+    decode::decode(format, &mut bytes, &options, &mut builder).unwrap();
+    builder.finish()
+}
+
+fn body_format(format: Format) -> decode::BodyFormat {
+    match format {
+        Format::Ndjson => decode::BodyFormat::Ndjson,
+        Format::JsonArray => decode::BodyFormat::JsonArray,
+        Format::Csv => decode::BodyFormat::Csv,
+        Format::Delimited => decode::BodyFormat::Delimited,
+    }
+}
+
+fn decode_validate(c: &mut Criterion) {
+    let compiled = compiled();
+    let context = context();
+    let rows = Generator::new(1).edge_access(ROWS);
+    let mut group = c.benchmark_group("decode_validate");
+    for format in Format::ALL {
+        let plain = generator::encode_access(&rows, format);
+        for (encoding, wire) in [
+            (ContentEncoding::Identity, plain.clone()),
+            (ContentEncoding::Gzip, generator::compress(&plain, Encoding::Gzip)),
+        ] {
+            group.throughput(Throughput::Elements(ROWS as u64));
+            let id = BenchmarkId::new(format.as_str(), format!("{encoding:?}").to_lowercase());
+            group.bench_with_input(id, &wire, |b, wire| {
+                b.iter(|| {
+                    let batch = validate(&compiled, &context, wire, encoding, body_format(format));
+                    assert_eq!(batch.accepted, ROWS);
+                    batch
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn encode_native(c: &mut Criterion) {
+    let compiled = Arc::new(compiled());
+    let context = context();
+    let rows = Generator::new(2).edge_access(100_000);
+    let body = generator::encode_access(&rows, Format::Ndjson);
+    let batch = validate(&compiled, &context, &body, ContentEncoding::Identity, decode::BodyFormat::Ndjson).batch;
+    let columns: Vec<NativeColumn<'_>> = compiled
+        .schema
+        .columns
+        .iter()
+        .map(|c| NativeColumn { name: c.name(), ch_type: &c.ch_type })
+        .collect();
+    let mut native = Vec::new();
+    encode::write_native_block(&columns, &batch, &mut native).unwrap();
+
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(batch.num_rows() as u64));
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(native.len());
+            encode::write_native_block(&columns, &batch, &mut out).unwrap();
+            out
+        })
+    });
+    for (name, compression, level) in [
+        ("lz4", Compression::Lz4, 0),
+        ("zstd1", Compression::Zstd, 1),
+        ("zstd3", Compression::Zstd, 3),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(native.len() / 2);
+                encode::write_compressed_frames(&native, compression, level, &mut out);
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = decode_validate, encode_native
+}
+criterion_main!(benches);
