@@ -16,7 +16,13 @@ const ROWS: usize = 10_000;
 
 fn compiled() -> CompiledSchema {
     let set = SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
-    let schema = set.versions("edge_access").unwrap().values().next_back().unwrap().clone();
+    let schema = set
+        .versions("edge_access")
+        .unwrap()
+        .values()
+        .next_back()
+        .unwrap()
+        .clone();
     CompiledSchema::new(schema, &StreamOptions::default()).unwrap()
 }
 
@@ -66,7 +72,10 @@ fn decode_validate(c: &mut Criterion) {
         let plain = generator::encode_access(&rows, format);
         for (encoding, wire) in [
             (ContentEncoding::Identity, plain.clone()),
-            (ContentEncoding::Gzip, generator::compress(&plain, Encoding::Gzip)),
+            (
+                ContentEncoding::Gzip,
+                generator::compress(&plain, Encoding::Gzip),
+            ),
         ] {
             group.throughput(Throughput::Elements(ROWS as u64));
             let id = BenchmarkId::new(format.as_str(), format!("{encoding:?}").to_lowercase());
@@ -87,12 +96,22 @@ fn encode_native(c: &mut Criterion) {
     let context = context();
     let rows = Generator::new(2).edge_access(100_000);
     let body = generator::encode_access(&rows, Format::Ndjson);
-    let batch = validate(&compiled, &context, &body, ContentEncoding::Identity, decode::BodyFormat::Ndjson).batch;
+    let batch = validate(
+        &compiled,
+        &context,
+        &body,
+        ContentEncoding::Identity,
+        decode::BodyFormat::Ndjson,
+    )
+    .batch;
     let columns: Vec<NativeColumn<'_>> = compiled
         .schema
         .columns
         .iter()
-        .map(|c| NativeColumn { name: c.name(), ch_type: &c.ch_type })
+        .map(|c| NativeColumn {
+            name: c.name(),
+            ch_type: &c.ch_type,
+        })
         .collect();
     let mut native = Vec::new();
     encode::write_native_block(&columns, &batch, &mut native).unwrap();

@@ -176,8 +176,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: CertsCommand::Dev { out },
         } => {
             let paths = sluice::certs::write_dev_certs(&out)?;
-            println!("wrote development certificates to {}", out.display());
-            println!("{paths:#?}");
+            println!("wrote development certificates to {}:", out.display());
+            for (role, pair) in [
+                ("CA", &paths.ca),
+                ("server (localhost, 127.0.0.1)", &paths.server),
+                ("client edge-a.sluice.local", &paths.client_a),
+                ("client edge-b.sluice.local", &paths.client_b),
+                (
+                    "client signed by another CA (refused)",
+                    &paths.client_untrusted,
+                ),
+            ] {
+                println!("  {role}: {} {}", pair.cert.display(), pair.key.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -318,3 +318,76 @@ async fn a_body_over_the_size_limit_is_413() {
     assert_eq!(answer["message"], "body exceeds the limit of 1000 bytes");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_records_than_the_row_limit_is_413() {
+    let server = TestServer::start_with("row_limit", "", |config| {
+        config.limits.max_rows_per_batch = 5;
+    })
+    .await;
+    let client = server.client(Some("client-a"));
+    let body = (0..6)
+        .map(|i| access_record(i, "200"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, answer) = post(
+        &client,
+        &server.url("edge_access"),
+        "application/x-ndjson",
+        None,
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("too_many_records")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["message"],
+        "batch has more than the limit of 5 records"
+    );
+    assert_eq!(server.clickhouse.count("edge_access").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start_with("request_timeout", "", |config| {
+        config.limits.request_timeout_secs = 1;
+    })
+    .await;
+    let tls = sluice::certs::client_config(
+        &server.certs.join("ca.crt"),
+        Some((
+            &server.certs.join("client-a.crt"),
+            &server.certs.join("client-a.key"),
+        )),
+    )
+    .unwrap();
+    let mut tls = tls;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let addr = server.server.as_ref().unwrap().ingest_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    // Announce 100 bytes, send 10, then wait.
+    stream
+        .write_all(b"POST /v1/streams/edge_access HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-ndjson\r\ncontent-length: 100\r\n\r\n{\"reqId\":")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    server.stop().await;
+}

@@ -15,7 +15,7 @@ section "ClickHouse (instance 'default', 127.0.0.1:8123)"
 deploy/local/clickhouse.sh start default
 
 section "building sluice (release)"
-cargo build --release --locked --bin sluice --bin sluice-loadtest
+cargo build --release --locked -p sluice -p sluice-loadtest --bins
 bin="$repo/target/release"
 
 section "development certificates in .local/certs"

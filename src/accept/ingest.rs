@@ -206,6 +206,16 @@ async fn handle(
         rejected,
         errors,
     } = validated;
+    if accepted == 0 {
+        // An empty body: nothing to deliver.
+        return Ok(Accepted {
+            accepted,
+            rejected,
+            batch_id,
+            request_id: request_id.to_string(),
+            errors,
+        });
+    }
     let delivered = version.submit(batch).map_err(|err| match err {
         SubmitError::Overloaded => ApiError::Overloaded,
         SubmitError::ShuttingDown => ApiError::ShuttingDown,
