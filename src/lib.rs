@@ -25,4 +25,5 @@ pub mod pipeline;
 pub mod schema;
 pub mod server;
 pub mod sink;
+pub mod spool;
 pub mod validate;

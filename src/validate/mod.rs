@@ -32,7 +32,7 @@ use coerce::{Raw, Staged};
 pub const SKIP_FIELD: &str = "_";
 
 /// What the verified request context contributes to rows (audit columns, region).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestContext {
     pub principal: String,
     pub origin: String,

@@ -1,0 +1,497 @@
+//! Spool: the durable log of accepted batches, beside the pipeline.
+//!
+//! # Layout
+//! `DIR/<20-digit first record id>.seg`, append-only segments. A record is
+//!
+//! ```text
+//! magic "SLR1" (4) | payload length u32 LE | CRC-32 of payload u32 LE | payload
+//! ```
+//!
+//! and its payload ([`SpoolRecord`], format version 1) is the record id (u64 LE) followed by
+//! length-prefixed fields: stream, schema version, the verified request context (principal,
+//! origin, region, batch id, request id, received-at, url-encoded flag), Content-Type,
+//! Content-Encoding, the number of accepted rows, and the body exactly as received. Replay
+//! re-derives the rows from the body with the same schema version and context, so a record is
+//! small (the body stays compressed) and rollups can be rebuilt from it too.
+//!
+//! Confirmations live beside each segment in `<id>.ack`: the ids of records whose rows
+//! ClickHouse has confirmed, 8 bytes each. A segment is deleted once it is sealed (a newer one
+//! is active) and every record in it is confirmed.
+//!
+//! # When the sender is acknowledged
+//! Appends go through one writer thread that commits in groups: it takes every append waiting,
+//! writes them, calls `fdatasync` once ([`FsyncPolicy::Always`]), then answers them all. With
+//! `Never` the answer comes after `write` (the page cache survives a sluice crash, not a machine
+//! crash).
+//!
+//! # Recovery
+//! At start every segment is read in order. A record whose magic, length or checksum is wrong
+//! ends its segment: the tail from there is reported (log, metric) and cut off; the good records
+//! before it are kept. Records without a confirmation are returned for replay.
+//!
+//! # Limits
+//! The spool never holds more than `max_bytes`: an append that would pass it fails with
+//! [`SpoolError::Full`] (answered 503 + Retry-After) until ClickHouse catches up.
+
+mod record;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub use record::SpoolRecord;
+
+/// Identifies a record; increases across restarts.
+pub type RecordId = u64;
+
+const MAGIC: &[u8; 4] = b"SLR1";
+const HEADER_BYTES: usize = 12;
+/// A record larger than this is corrupt (bodies are capped far below by `limits`).
+const MAX_RECORD_BYTES: usize = 1 << 30;
+
+/// When appended records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// `fdatasync` before acknowledging (one call covers every append in the group).
+    Always,
+    /// No fsync: survives a sluice crash, not a power loss.
+    Never,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the segments; created if missing.
+    pub dir: PathBuf,
+    /// Most bytes on disk; appends beyond it are refused (503).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// A segment is sealed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncPolicy,
+}
+
+fn default_max_bytes() -> u64 {
+    4 << 30
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_fsync() -> FsyncPolicy {
+    FsyncPolicy::Always
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool is full ({used} of {limit} bytes)")]
+    Full { used: u64, limit: u64 },
+    #[error("spool i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("spool writer stopped")]
+    Stopped,
+}
+
+/// Bookkeeping of one segment.
+#[derive(Debug, Default)]
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    /// Records in the segment.
+    records: HashSet<RecordId>,
+    /// Records confirmed by ClickHouse.
+    confirmed: HashSet<RecordId>,
+    ack_file: Option<File>,
+}
+
+impl Segment {
+    fn is_done(&self) -> bool {
+        self.records.len() == self.confirmed.len()
+    }
+}
+
+/// Shared state of the spool.
+struct State {
+    /// Segments by first record id; the last one is active.
+    segments: BTreeMap<RecordId, Segment>,
+}
+
+/// Figures for metrics and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub bytes: u64,
+    pub segments: usize,
+    pub unconfirmed_records: usize,
+}
+
+pub struct Spool {
+    config: SpoolConfig,
+    state: Arc<Mutex<State>>,
+    used_bytes: Arc<AtomicU64>,
+    appends: Option<crossbeam_channel::Sender<Append>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Append {
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<RecordId, SpoolError>>,
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Records without a confirmation, oldest first.
+    pub unconfirmed: Vec<(RecordId, SpoolRecord)>,
+    /// Bytes cut off torn or corrupt segment tails.
+    pub discarded_bytes: u64,
+    /// Confirmed records skipped.
+    pub confirmed: usize,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool, recovers its segments and starts the writer.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
+        fs::create_dir_all(&config.dir)?;
+        let mut recovery = Recovery::default();
+        let mut segments = BTreeMap::new();
+        let mut next_id: RecordId = 1;
+        for (first_id, path) in list_segments(&config.dir)? {
+            let confirmed = read_acks(&path.with_extension("ack"))?;
+            // Ids are never reused, even those of records lost to corruption after they were
+            // confirmed: an old confirmation must not match a new record.
+            next_id = next_id
+                .max(first_id)
+                .max(confirmed.iter().max().map_or(0, |id| id + 1));
+            let (records, good_len, file_len) = read_segment(&path)?;
+            if good_len < file_len {
+                tracing::error!(
+                    segment = %path.display(),
+                    kept_bytes = good_len,
+                    discarded_bytes = file_len - good_len,
+                    "spool segment has a torn or corrupt tail; keeping the records before it"
+                );
+                metrics::counter!("sluice_spool_corrupt_bytes_total")
+                    .increment(file_len - good_len);
+                recovery.discarded_bytes += file_len - good_len;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(good_len)?;
+            }
+            let mut segment = Segment {
+                path: path.clone(),
+                bytes: good_len,
+                ..Default::default()
+            };
+            for (id, record) in records {
+                next_id = next_id.max(id + 1);
+                segment.records.insert(id);
+                if confirmed.contains(&id) {
+                    segment.confirmed.insert(id);
+                    recovery.confirmed += 1;
+                } else {
+                    recovery.unconfirmed.push((id, record));
+                }
+            }
+            segments.insert(first_id, segment);
+        }
+        let used = segments.values().map(|s| s.bytes).sum();
+        let state = Arc::new(Mutex::new(State { segments }));
+        // Delete what recovery found fully confirmed, except the newest segment.
+        remove_done_segments(&mut state.lock().unwrap(), false);
+        let used_bytes = Arc::new(AtomicU64::new(used));
+        let (appends, receiver) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            config: config.clone(),
+            state: state.clone(),
+            used_bytes: used_bytes.clone(),
+            next_id,
+            file: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".to_string())
+            .spawn(move || writer.run(receiver))?;
+        let spool = Spool {
+            config,
+            state,
+            used_bytes,
+            appends: Some(appends),
+            writer: Some(writer),
+        };
+        spool.report();
+        Ok((spool, recovery))
+    }
+
+    /// Appends a record; resolves once it is durable per the fsync policy.
+    pub async fn append(&self, record: &SpoolRecord) -> Result<RecordId, SpoolError> {
+        let payload = record.encode();
+        let size = (HEADER_BYTES + payload.len() + 8) as u64;
+        let used = self.used_bytes.load(Ordering::Relaxed);
+        if used + size > self.config.max_bytes {
+            metrics::counter!("sluice_spool_full_total").increment(1);
+            return Err(SpoolError::Full {
+                used,
+                limit: self.config.max_bytes,
+            });
+        }
+        let (done, receiver) = oneshot::channel();
+        self.appends
+            .as_ref()
+            .ok_or(SpoolError::Stopped)?
+            .send(Append { payload, done })
+            .map_err(|_| SpoolError::Stopped)?;
+        receiver.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Records that ClickHouse has confirmed every row of `ids`; deletes finished segments.
+    pub fn confirm(&self, ids: &[RecordId]) {
+        let mut state = self.state.lock().unwrap();
+        for &id in ids {
+            let Some((_, segment)) = state.segments.range_mut(..=id).next_back() else {
+                continue;
+            };
+            if !segment.records.contains(&id) || !segment.confirmed.insert(id) {
+                continue;
+            }
+            if segment.ack_file.is_none() {
+                match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(segment.path.with_extension("ack"))
+                {
+                    Ok(file) => segment.ack_file = Some(file),
+                    Err(err) => tracing::error!(error = %err, "cannot open spool ack file"),
+                }
+            }
+            if let Some(file) = &mut segment.ack_file {
+                // Not fsynced: a lost confirmation only means a replay, which probes ClickHouse.
+                if let Err(err) = file.write_all(&id.to_le_bytes()) {
+                    tracing::error!(error = %err, "cannot write spool ack file");
+                }
+            }
+        }
+        let freed = remove_done_segments(&mut state, true);
+        drop(state);
+        if freed > 0 {
+            self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+        self.report();
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let state = self.state.lock().unwrap();
+        SpoolStats {
+            bytes: self.used_bytes.load(Ordering::Relaxed),
+            segments: state.segments.len(),
+            unconfirmed_records: state
+                .segments
+                .values()
+                .map(|s| s.records.len() - s.confirmed.len())
+                .sum(),
+        }
+    }
+
+    fn report(&self) {
+        let stats = self.stats();
+        metrics::gauge!("sluice_spool_bytes").set(stats.bytes as f64);
+        metrics::gauge!("sluice_spool_segments").set(stats.segments as f64);
+        metrics::gauge!("sluice_spool_unconfirmed_records").set(stats.unconfirmed_records as f64);
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        drop(self.appends.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Deletes sealed (or, with `keep_active = false`, all) segments whose records are all
+/// confirmed. Returns the bytes freed.
+fn remove_done_segments(state: &mut State, keep_active: bool) -> u64 {
+    let active = state.segments.keys().next_back().copied();
+    let done: Vec<RecordId> = state
+        .segments
+        .iter()
+        .filter(|(first, segment)| segment.is_done() && !(keep_active && Some(**first) == active))
+        .map(|(first, _)| *first)
+        .collect();
+    let mut freed = 0;
+    for first in done {
+        let segment = state.segments.remove(&first).expect("listed above");
+        freed += segment.bytes;
+        let _ = fs::remove_file(segment.path.with_extension("ack"));
+        if let Err(err) = fs::remove_file(&segment.path) {
+            tracing::error!(segment = %segment.path.display(), error = %err, "cannot delete spool segment");
+        }
+    }
+    freed
+}
+
+/// The single writer: group commit.
+struct Writer {
+    config: SpoolConfig,
+    state: Arc<Mutex<State>>,
+    used_bytes: Arc<AtomicU64>,
+    next_id: RecordId,
+    /// The active segment file and its first record id.
+    file: Option<(RecordId, File)>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: crossbeam_channel::Receiver<Append>) {
+        let mut group: Vec<Append> = Vec::new();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Ok(first) = receiver.recv() {
+            group.push(first);
+            group.extend(receiver.try_iter());
+            buffer.clear();
+            let first_id = self.next_id;
+            for append in &group {
+                let id = self.next_id;
+                self.next_id += 1;
+                let mut payload = id.to_le_bytes().to_vec();
+                payload.extend_from_slice(&append.payload);
+                buffer.extend_from_slice(MAGIC);
+                buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+                buffer.extend_from_slice(&payload);
+            }
+            let result = self.write_group(first_id, group.len(), &buffer);
+            metrics::histogram!("sluice_spool_group_records").record(group.len() as f64);
+            for (i, append) in group.drain(..).enumerate() {
+                let outcome = match &result {
+                    Ok(()) => Ok(first_id + i as u64),
+                    Err(err) => Err(SpoolError::Io(io::Error::new(err.kind(), err.to_string()))),
+                };
+                let _ = append.done.send(outcome);
+            }
+        }
+        if let Some((_, file)) = &self.file {
+            let _ = file.sync_data();
+        }
+    }
+
+    fn write_group(&mut self, first_id: RecordId, count: usize, buffer: &[u8]) -> io::Result<()> {
+        let roll = match &self.file {
+            None => true,
+            Some((first, _)) => {
+                let state = self.state.lock().unwrap();
+                state
+                    .segments
+                    .get(first)
+                    .is_none_or(|s| s.bytes >= self.config.segment_bytes)
+            }
+        };
+        if roll {
+            if let Some((_, old)) = self.file.take() {
+                old.sync_data()?;
+            }
+            let path = self.config.dir.join(format!("{first_id:020}.seg"));
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            if self.config.fsync == FsyncPolicy::Always {
+                // Make the new file's directory entry durable too.
+                File::open(&self.config.dir)?.sync_all()?;
+            }
+            self.state.lock().unwrap().segments.insert(
+                first_id,
+                Segment {
+                    path,
+                    ..Default::default()
+                },
+            );
+            self.file = Some((first_id, file));
+        }
+        let (segment_first, file) = self.file.as_mut().expect("opened above");
+        let segment_first = *segment_first;
+        file.write_all(buffer)?;
+        if self.config.fsync == FsyncPolicy::Always {
+            file.sync_data()?;
+        }
+        let mut state = self.state.lock().unwrap();
+        let segment = state
+            .segments
+            .get_mut(&segment_first)
+            .expect("active segment");
+        segment.bytes += buffer.len() as u64;
+        segment.records.extend(first_id..first_id + count as u64);
+        drop(state);
+        self.used_bytes
+            .fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<(RecordId, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            if let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+            {
+                segments.push((id, path));
+            }
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn read_acks(path: &Path) -> io::Result<HashSet<RecordId>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Reads the good records of a segment: (records, length of the good prefix, file length).
+fn read_segment(path: &Path) -> io::Result<(Vec<(RecordId, SpoolRecord)>, u64, u64)> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while offset + HEADER_BYTES <= bytes.len() {
+        let header = &bytes[offset..offset + HEADER_BYTES];
+        if &header[..4] != MAGIC {
+            break;
+        }
+        let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let end = offset + HEADER_BYTES + len;
+        if len < 8 || len > MAX_RECORD_BYTES || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[offset + HEADER_BYTES..end];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+        match SpoolRecord::decode(&payload[8..]) {
+            Some(record) => records.push((id, record)),
+            None => break,
+        }
+        offset = end;
+    }
+    Ok((records, offset as u64, bytes.len() as u64))
+}
+
+#[cfg(test)]
+mod tests;
