@@ -1,280 +1,460 @@
-//! ClickHouse Native format blocks from Arrow arrays.
+//! ClickHouse Native format blocks from Arrow record batches.
 //!
 //! A block is `varint columns, varint rows`, then per column `string name, string type, data`
-//! (integers little-endian, `varint` unsigned LEB128, `string` = varint length + bytes). The
-//! Arrow representation of each ClickHouse type is fixed by the validator
-//! ([`crate::validate::arrow_type`]); this module turns it into the column data:
+//! (integers little-endian, `varint` unsigned LEB128, `string` = varint length + bytes). A block
+//! without rows carries no column data at all (ClickHouse neither writes nor reads any for
+//! `rows = 0`). The Arrow representation of each ClickHouse type is the one the validator builds;
+//! this module turns it into the column data:
 //!
 //! | ClickHouse | Arrow | Native data for n rows |
 //! |---|---|---|
 //! | (U)Int8–64, Float32/64 | primitive | n fixed-width values: the Arrow buffer as is |
 //! | DateTime | UInt32 | n × UInt32 unix seconds |
-//! | Enum8 | Int8 | n × Int8 codes |
+//! | Enum8 | Int8 | n × Int8 codes (each checked against the declared codes) |
 //! | String | Utf8 | n × string |
-//! | FixedString(N) | FixedSizeBinary(N) | n × N bytes |
-//! | UUID | FixedSizeBinary(16), RFC 4122 byte order | n × (UInt64 of bytes 0–7 read big-endian, UInt64 of bytes 8–15), each little-endian |
-//! | Nullable(T) | T with validity | n null-map bytes (1 = NULL), then T's data |
-//! | Array(String) | List(Utf8) | n × UInt64 cumulative end offsets, then the items |
-//! | LowCardinality(String) | Utf8 | UInt64 1 (key version), UInt64 flags 0x600 \| index width, UInt64 key count, keys (the empty string first), UInt64 n, n indexes |
-//! | LowCardinality(Nullable(String)) | Utf8 with validity | as above; keys start with the NULL slot then the empty string; index 0 is NULL |
+//! | FixedString(N) | FixedSizeBinary(N) | n × N bytes: the Arrow buffer as is |
+//! | UUID | FixedSizeBinary(16), RFC 4122 byte order | n × (UInt64 of bytes 0–7 read big-endian, UInt64 of bytes 8–15 read big-endian), each written little-endian |
+//! | Nullable(T) | T with validity | n null-map bytes (1 = NULL), then T's data (whatever the buffer holds under a NULL) |
+//! | Array(String) | List(Utf8), i32 offsets, items without nulls | n × UInt64 end offsets counted from this block's first item, then the items as strings |
+//! | LowCardinality(String) | Utf8 | UInt64 1 (key version), UInt64 flags 0x600 \| index width, UInt64 key count, keys as strings (`""`, the default, first), UInt64 n, n indexes |
+//! | LowCardinality(Nullable(String)) | Utf8 with validity | as above, but the keys start with the NULL slot (written `""`) then the default `""`; index 0 is NULL |
+//!
+//! Sliced arrays (non-zero Arrow offset) are handled everywhere: every buffer is read through the
+//! array's own offsets. A column that may not hold NULL but whose array has nulls is refused
+//! rather than written as zero or `""`, so a validator bug cannot silently change data.
+//!
+//! Hot path: nothing is allocated per row. Fixed-width columns are one `extend_from_slice`;
+//! strings are copied straight from Arrow's value buffer into `out`; the LowCardinality
+//! dictionary borrows its keys from the array and its scratch space is reused across the
+//! block's columns.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     ArrowPrimitiveType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
 
 use crate::schema::ChType;
 
-/// A column of the block: its name and ClickHouse type.
-#[derive(Debug, Clone, Copy)]
+/// One column of a Native block: the name and ClickHouse type written into the block header.
+/// The `i`-th column describes the `i`-th array of the batch.
+#[derive(Clone, Copy, Debug)]
 pub struct NativeColumn<'a> {
+    /// Column name as in the target table.
     pub name: &'a str,
+    /// ClickHouse type; its `Display` form is the type string of the block header.
     pub ch_type: &'a ChType,
 }
 
+/// Why a batch cannot be written as a Native block.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
-    #[error("batch has {batch} columns but {columns} were described")]
-    ColumnCount { batch: usize, columns: usize },
-    #[error("column {column}: Arrow type {arrow} cannot be written as {clickhouse}")]
+    #[error("batch has {batch} columns but {described} columns were described")]
+    ColumnCount { described: usize, batch: usize },
+    #[error(
+        "column {column:?}: Arrow type {arrow} cannot be written as ClickHouse type {clickhouse}"
+    )]
     TypeMismatch {
         column: String,
         arrow: String,
         clickhouse: String,
     },
-    #[error("column {column}: value of {len} bytes does not fit {clickhouse}")]
-    ValueTooLong {
+    #[error(
+        "column {column:?}: {nulls} NULL value(s) in a column of type {clickhouse}, which cannot hold NULL"
+    )]
+    UnexpectedNull {
         column: String,
-        len: usize,
+        clickhouse: String,
+        nulls: usize,
+    },
+    #[error("column {column:?}: row {row}: code {code} is not a value of {clickhouse}")]
+    UnknownEnumCode {
+        column: String,
+        row: usize,
+        code: i8,
         clickhouse: String,
     },
+    #[error("column {column:?}: {rows} rows are more than one LowCardinality block can index")]
+    TooManyRows { column: String, rows: usize },
 }
 
+/// Key version of the LowCardinality serialization ("shared dictionaries with additional keys").
+const LOW_CARDINALITY_KEY_VERSION: u64 = 1;
+/// Index flags: 0x200 "has additional keys" | 0x400 "needs dictionary update", as ClickHouse
+/// writes them; the low byte is the index width (0 = UInt8 … 3 = UInt64).
+const LOW_CARDINALITY_FLAGS: u64 = 0x600;
+
 /// Appends one Native block (header and all columns) for `batch` to `out`.
+///
+/// On error `out` is left as it was.
 pub fn write_native_block(
+    columns: &[NativeColumn<'_>],
+    batch: &RecordBatch,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let result = write_block(columns, batch, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn write_block(
     columns: &[NativeColumn<'_>],
     batch: &RecordBatch,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     if columns.len() != batch.num_columns() {
         return Err(EncodeError::ColumnCount {
+            described: columns.len(),
             batch: batch.num_columns(),
-            columns: columns.len(),
         });
     }
+    let rows = batch.num_rows();
     write_varint(out, columns.len() as u64);
-    write_varint(out, batch.num_rows() as u64);
+    write_varint(out, rows as u64);
+    let mut scratch = Scratch::default();
     for (column, array) in columns.iter().zip(batch.columns()) {
+        let array = array.as_ref();
+        check_column(column, array)?;
         write_string(out, column.name.as_bytes());
-        write_string(out, column.ch_type.to_string().as_bytes());
-        write_column(column, column.ch_type, array, out)?;
+        scratch.type_name.clear();
+        write!(scratch.type_name, "{}", column.ch_type).expect("writing to a String");
+        write_string(out, scratch.type_name.as_bytes());
+        if rows > 0 {
+            write_column_data(column, column.ch_type, array, &mut scratch, out)?;
+        }
     }
     Ok(())
 }
 
-fn write_column(
-    column: &NativeColumn<'_>,
-    ch_type: &ChType,
-    array: &ArrayRef,
-    out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
-    let mismatch = || EncodeError::TypeMismatch {
+/// Buffers reused across the columns of one block.
+#[derive(Default)]
+struct Scratch<'a> {
+    /// The type string of the current column.
+    type_name: String,
+    /// LowCardinality: distinct non-empty values of the column → their dictionary index.
+    dictionary: HashMap<&'a str, u32>,
+    /// LowCardinality: the same values in index order.
+    keys: Vec<&'a str>,
+    /// LowCardinality: one dictionary index per row.
+    indexes: Vec<u32>,
+}
+
+/// Checks that the Arrow type is the one the validator builds for the column's ClickHouse type
+/// and that a column which cannot hold NULL has none.
+fn check_column(column: &NativeColumn<'_>, array: &dyn Array) -> Result<(), EncodeError> {
+    if !arrow_type_fits(column.ch_type.value_type(), array.data_type()) {
+        return Err(EncodeError::TypeMismatch {
+            column: column.name.to_string(),
+            arrow: array.data_type().to_string(),
+            clickhouse: column.ch_type.to_string(),
+        });
+    }
+    let nulls = array.null_count();
+    if nulls > 0 && !column.ch_type.is_nullable() {
+        return Err(unexpected_null(column, nulls));
+    }
+    if let ChType::Array(_) = column.ch_type {
+        let list = array.as_list::<i32>();
+        let offsets = list.value_offsets();
+        let first = offsets[0] as usize;
+        let items = offsets[offsets.len() - 1] as usize - first;
+        let nulls = list.values().slice(first, items).null_count();
+        if nulls > 0 {
+            return Err(unexpected_null(column, nulls));
+        }
+    }
+    Ok(())
+}
+
+fn unexpected_null(column: &NativeColumn<'_>, nulls: usize) -> EncodeError {
+    EncodeError::UnexpectedNull {
         column: column.name.to_string(),
-        arrow: array.data_type().to_string(),
-        clickhouse: ch_type.to_string(),
-    };
-    match (ch_type, array.data_type()) {
-        (ChType::Nullable(inner), _) => {
-            out.reserve(array.len());
-            out.extend((0..array.len()).map(|i| u8::from(array.is_null(i))));
-            write_column(column, inner, array, out)
-        }
-        (ChType::LowCardinality(inner), DataType::Utf8) => {
-            write_low_cardinality(array, inner.is_nullable(), out);
-            Ok(())
-        }
-        (ChType::String, DataType::Utf8) => {
-            for value in array.as_string::<i32>().iter() {
-                write_string(out, value.unwrap_or("").as_bytes());
-            }
-            Ok(())
-        }
-        (ChType::FixedString(width), DataType::FixedSizeBinary(w)) if *w as usize == *width => {
-            let values = array.as_fixed_size_binary();
-            for i in 0..values.len() {
-                if values.is_null(i) {
-                    out.resize(out.len() + width, 0);
-                } else {
-                    out.extend_from_slice(values.value(i));
-                }
-            }
-            Ok(())
-        }
-        (ChType::FixedString(width), DataType::Utf8) => {
-            for value in array.as_string::<i32>().iter() {
-                let bytes = value.unwrap_or("").as_bytes();
-                if bytes.len() > *width {
-                    return Err(EncodeError::ValueTooLong {
-                        column: column.name.to_string(),
-                        len: bytes.len(),
-                        clickhouse: ch_type.to_string(),
-                    });
-                }
-                out.extend_from_slice(bytes);
-                out.resize(out.len() + width - bytes.len(), 0);
-            }
-            Ok(())
-        }
-        (ChType::UUID, DataType::FixedSizeBinary(16)) => {
-            let values = array.as_fixed_size_binary();
-            for i in 0..values.len() {
-                let bytes: [u8; 16] = if values.is_null(i) {
-                    [0; 16]
-                } else {
-                    values.value(i).try_into().expect("width 16")
-                };
-                let (high, low) = bytes.split_at(8);
-                out.extend(high.iter().rev());
-                out.extend(low.iter().rev());
-            }
-            Ok(())
-        }
-        (ChType::Array(inner), DataType::List(_)) if **inner == ChType::String => {
-            let list = array.as_list::<i32>();
-            let offsets = list.value_offsets();
-            let first = offsets[0];
-            for end in &offsets[1..] {
-                out.extend_from_slice(&((end - first) as u64).to_le_bytes());
-            }
-            let items = list.values().as_string::<i32>();
-            for i in first as usize..offsets[offsets.len() - 1] as usize {
-                write_string(out, items.value(i).as_bytes());
-            }
-            Ok(())
-        }
-        (ChType::UInt8, DataType::UInt8) => write_primitive::<UInt8Type>(array, out),
-        (ChType::UInt16, DataType::UInt16) => write_primitive::<UInt16Type>(array, out),
-        (ChType::UInt32 | ChType::DateTime, DataType::UInt32) => {
-            write_primitive::<UInt32Type>(array, out)
-        }
-        (ChType::UInt64, DataType::UInt64) => write_primitive::<UInt64Type>(array, out),
-        (ChType::Int8 | ChType::Enum8(_), DataType::Int8) => {
-            write_primitive::<Int8Type>(array, out)
-        }
-        (ChType::Int16, DataType::Int16) => write_primitive::<Int16Type>(array, out),
-        (ChType::Int32, DataType::Int32) => write_primitive::<Int32Type>(array, out),
-        (ChType::Int64, DataType::Int64) => write_primitive::<Int64Type>(array, out),
-        (ChType::Float32, DataType::Float32) => write_primitive::<Float32Type>(array, out),
-        (ChType::Float64, DataType::Float64) => write_primitive::<Float64Type>(array, out),
-        _ => return Err(mismatch()),
+        clickhouse: column.ch_type.to_string(),
+        nulls,
     }
 }
 
-/// Fixed-width values: on little-endian machines Arrow's buffer is already the wire layout.
-/// Values under NULLs are whatever the builder left (zero), which ClickHouse ignores.
-fn write_primitive<T: ArrowPrimitiveType>(
-    array: &ArrayRef,
+/// Whether `data_type` is the Arrow representation of `value_type` (a type without
+/// Nullable/LowCardinality around it).
+fn arrow_type_fits(value_type: &ChType, data_type: &DataType) -> bool {
+    match (value_type, data_type) {
+        (ChType::String, DataType::Utf8) => true,
+        (ChType::FixedString(width), DataType::FixedSizeBinary(w)) => *w as usize == *width,
+        (ChType::UUID, DataType::FixedSizeBinary(16)) => true,
+        (ChType::UInt8, DataType::UInt8)
+        | (ChType::UInt16, DataType::UInt16)
+        | (ChType::UInt32 | ChType::DateTime, DataType::UInt32)
+        | (ChType::UInt64, DataType::UInt64)
+        | (ChType::Int8 | ChType::Enum8(_), DataType::Int8)
+        | (ChType::Int16, DataType::Int16)
+        | (ChType::Int32, DataType::Int32)
+        | (ChType::Int64, DataType::Int64)
+        | (ChType::Float32, DataType::Float32)
+        | (ChType::Float64, DataType::Float64) => true,
+        (ChType::Array(item), DataType::List(field)) => {
+            **item == ChType::String && *field.data_type() == DataType::Utf8
+        }
+        _ => false,
+    }
+}
+
+/// Writes the data of a column with at least one row whose Arrow type [`check_column`] accepted.
+fn write_column_data<'a>(
+    column: &NativeColumn<'_>,
+    ch_type: &ChType,
+    array: &'a dyn Array,
+    scratch: &mut Scratch<'a>,
     out: &mut Vec<u8>,
-) -> Result<(), EncodeError>
+) -> Result<(), EncodeError> {
+    match ch_type {
+        ChType::Nullable(inner) => {
+            write_null_map(array, out);
+            write_column_data(column, inner, array, scratch, out)?;
+        }
+        ChType::LowCardinality(inner) => {
+            let strings = array.as_string::<i32>();
+            write_low_cardinality(column, strings, inner.is_nullable(), scratch, out)?;
+        }
+        ChType::String => {
+            let strings = array.as_string::<i32>();
+            write_strings(strings.value_offsets(), strings.values(), out);
+        }
+        // Arrow keeps a sliced FixedSizeBinary buffer cut to exactly `len × width` bytes.
+        ChType::FixedString(_) => out.extend_from_slice(array.as_fixed_size_binary().value_data()),
+        ChType::UUID => write_uuids(array.as_fixed_size_binary().value_data(), out),
+        ChType::Array(_) => write_string_lists(array, out),
+        ChType::Enum8(variants) => {
+            check_enum_codes(column, variants, array)?;
+            write_primitive::<Int8Type>(array, out);
+        }
+        ChType::UInt8 => write_primitive::<UInt8Type>(array, out),
+        ChType::UInt16 => write_primitive::<UInt16Type>(array, out),
+        ChType::UInt32 | ChType::DateTime => write_primitive::<UInt32Type>(array, out),
+        ChType::UInt64 => write_primitive::<UInt64Type>(array, out),
+        ChType::Int8 => write_primitive::<Int8Type>(array, out),
+        ChType::Int16 => write_primitive::<Int16Type>(array, out),
+        ChType::Int32 => write_primitive::<Int32Type>(array, out),
+        ChType::Int64 => write_primitive::<Int64Type>(array, out),
+        ChType::Float32 => write_primitive::<Float32Type>(array, out),
+        ChType::Float64 => write_primitive::<Float64Type>(array, out),
+    }
+    Ok(())
+}
+
+/// UUIDs in RFC 4122 byte order (16 bytes each) as ClickHouse's two UInt64: the number the
+/// first 8 bytes spell big-endian, then the number of the last 8, each written little-endian.
+fn write_uuids(values: &[u8], out: &mut Vec<u8>) {
+    out.reserve(values.len());
+    for uuid in values.chunks_exact(16) {
+        let (high, low) = uuid.split_at(8);
+        let high = u64::from_be_bytes(high.try_into().expect("8 bytes"));
+        let low = u64::from_be_bytes(low.try_into().expect("8 bytes"));
+        out.extend_from_slice(&high.to_le_bytes());
+        out.extend_from_slice(&low.to_le_bytes());
+    }
+}
+
+/// Array(String): UInt64 end offsets counted from the block's first item, then the items.
+fn write_string_lists(array: &dyn Array, out: &mut Vec<u8>) {
+    let list = array.as_list::<i32>();
+    // A sliced list keeps the whole item array: its offsets need not start at 0.
+    let offsets = list.value_offsets();
+    let first = offsets[0];
+    let last = offsets[offsets.len() - 1];
+    out.reserve((offsets.len() - 1) * 8);
+    for &end in &offsets[1..] {
+        out.extend_from_slice(&((end - first) as u64).to_le_bytes());
+    }
+    // The item array may itself be sliced: read it through its own offsets.
+    let items = list.values().as_string::<i32>();
+    let item_offsets = &items.value_offsets()[first as usize..=last as usize];
+    write_strings(item_offsets, items.values(), out);
+}
+
+/// Refuses a code that the Enum8 does not declare: ClickHouse would store it, and every later
+/// read of the row would fail. Codes under NULLs are not looked at.
+fn check_enum_codes(
+    column: &NativeColumn<'_>,
+    variants: &[(String, i8)],
+    array: &dyn Array,
+) -> Result<(), EncodeError> {
+    let codes = array.as_primitive::<Int8Type>();
+    let mut declared = [false; 256];
+    for (_, code) in variants {
+        declared[*code as u8 as usize] = true;
+    }
+    let unknown = codes
+        .values()
+        .iter()
+        .enumerate()
+        .find(|(row, code)| !declared[**code as u8 as usize] && codes.is_valid(*row));
+    match unknown {
+        None => Ok(()),
+        Some((row, &code)) => Err(EncodeError::UnknownEnumCode {
+            column: column.name.to_string(),
+            row,
+            code,
+            clickhouse: column.ch_type.to_string(),
+        }),
+    }
+}
+
+/// The null map of a Nullable column: one byte per row, 1 = NULL.
+fn write_null_map(array: &dyn Array, out: &mut Vec<u8>) {
+    match array.nulls() {
+        None => out.resize(out.len() + array.len(), 0),
+        Some(nulls) => out.extend(nulls.iter().map(|valid| u8::from(!valid))),
+    }
+}
+
+/// Fixed-width values. Arrow's (sliced) value buffer is the Native layout on a little-endian
+/// machine; values under NULLs are whatever the builder left there, which ClickHouse ignores.
+fn write_primitive<T: ArrowPrimitiveType>(array: &dyn Array, out: &mut Vec<u8>)
 where
-    T::Native: ToLeBytes,
+    T::Native: LittleEndian,
 {
     let values = array.as_primitive::<T>().values();
     if cfg!(target_endian = "little") {
         out.extend_from_slice(values.inner().as_slice());
     } else {
+        out.reserve(std::mem::size_of_val(values.as_ref()));
         for value in values.iter() {
-            value.extend_le(out);
+            value.write_le(out);
         }
     }
-    Ok(())
 }
 
-/// Little-endian bytes of a primitive (only used on big-endian machines).
-trait ToLeBytes {
-    fn extend_le(&self, out: &mut Vec<u8>);
+/// Little-endian bytes of a primitive value; only used on big-endian machines.
+trait LittleEndian {
+    fn write_le(&self, out: &mut Vec<u8>);
 }
 
-macro_rules! to_le_bytes {
+macro_rules! little_endian {
     ($($t:ty),*) => {$(
-        impl ToLeBytes for $t {
-            fn extend_le(&self, out: &mut Vec<u8>) {
+        impl LittleEndian for $t {
+            fn write_le(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
         }
     )*};
 }
-to_le_bytes!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+little_endian!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 
-const LOW_CARDINALITY_KEY_VERSION: u64 = 1;
-/// "has additional keys" (0x200) | "needs dictionary update" (0x400).
-const LOW_CARDINALITY_FLAGS: u64 = 0x600;
+/// Writes the strings `data[offsets[i]..offsets[i + 1]]` as Native strings.
+fn write_strings(offsets: &[i32], data: &[u8], out: &mut Vec<u8>) {
+    let rows = offsets.len() - 1;
+    let bytes = (offsets[rows] - offsets[0]) as usize;
+    out.reserve(bytes + rows);
+    for bounds in offsets.windows(2) {
+        let value = &data[bounds[0] as usize..bounds[1] as usize];
+        write_varint(out, value.len() as u64);
+        out.extend_from_slice(value);
+    }
+}
 
-/// LowCardinality(String) / LowCardinality(Nullable(String)): a dictionary of the block's
-/// distinct values and one index per row, in the narrowest index width.
-fn write_low_cardinality(array: &ArrayRef, nullable: bool, out: &mut Vec<u8>) {
-    let values = array.as_string::<i32>();
-    // Reserved slots: [NULL,] default "".
-    let reserved: u64 = if nullable { 2 } else { 1 };
-    let empty_index = reserved - 1;
-    let mut dictionary: HashMap<&str, u64> = HashMap::new();
-    let mut keys: Vec<&str> = Vec::new();
-    let mut indexes: Vec<u64> = Vec::with_capacity(values.len());
-    for value in values.iter() {
-        let index = match value {
-            None => 0,
-            Some("") => empty_index,
-            Some(text) => *dictionary.entry(text).or_insert_with(|| {
-                keys.push(text);
-                reserved + keys.len() as u64 - 1
-            }),
+/// LowCardinality(String) and LowCardinality(Nullable(String)): the dictionary of this block's
+/// distinct values (the reserved slots first, then the values in order of first appearance) and
+/// one index per row in the narrowest width that holds the largest index.
+fn write_low_cardinality<'a>(
+    column: &NativeColumn<'_>,
+    strings: &'a StringArray,
+    nullable: bool,
+    scratch: &mut Scratch<'a>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let rows = strings.len();
+    // Reserved keys: [NULL slot,] the default "". Every row can add at most one key.
+    let reserved: u32 = if nullable { 2 } else { 1 };
+    if rows > (u32::MAX - reserved) as usize {
+        return Err(EncodeError::TooManyRows {
+            column: column.name.to_string(),
+            rows,
+        });
+    }
+    let default_index = reserved - 1;
+    let Scratch {
+        dictionary,
+        keys,
+        indexes,
+        ..
+    } = scratch;
+    dictionary.clear();
+    keys.clear();
+    indexes.clear();
+    indexes.reserve(rows);
+    let nulls = strings.nulls().filter(|nulls| nulls.null_count() > 0);
+    for row in 0..rows {
+        // check_column refused nulls unless the type is nullable, so index 0 is the NULL slot.
+        if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+            indexes.push(0);
+            continue;
+        }
+        let value = strings.value(row);
+        let index = if value.is_empty() {
+            default_index
+        } else {
+            *dictionary.entry(value).or_insert_with(|| {
+                keys.push(value);
+                reserved + keys.len() as u32 - 1
+            })
         };
         indexes.push(index);
     }
-    let key_count = reserved + keys.len() as u64;
-    let width: u64 = match key_count {
-        0..=0x100 => 0,
-        0x101..=0x1_0000 => 1,
-        0x1_0001..=0x1_0000_0000 => 2,
-        _ => 3,
+
+    let key_count = u64::from(reserved) + keys.len() as u64;
+    let index_width: u64 = if key_count <= 1 << 8 {
+        0
+    } else if key_count <= 1 << 16 {
+        1
+    } else {
+        2
     };
     out.extend_from_slice(&LOW_CARDINALITY_KEY_VERSION.to_le_bytes());
-    out.extend_from_slice(&(LOW_CARDINALITY_FLAGS | width).to_le_bytes());
+    out.extend_from_slice(&(LOW_CARDINALITY_FLAGS | index_width).to_le_bytes());
     out.extend_from_slice(&key_count.to_le_bytes());
     for _ in 0..reserved {
         write_string(out, b"");
     }
-    for key in &keys {
+    for key in keys.iter() {
         write_string(out, key.as_bytes());
     }
-    out.extend_from_slice(&(indexes.len() as u64).to_le_bytes());
-    match width {
-        0 => out.extend(indexes.iter().map(|&i| i as u8)),
-        1 => indexes
-            .iter()
-            .for_each(|&i| out.extend_from_slice(&(i as u16).to_le_bytes())),
-        2 => indexes
-            .iter()
-            .for_each(|&i| out.extend_from_slice(&(i as u32).to_le_bytes())),
-        _ => indexes
-            .iter()
-            .for_each(|&i| out.extend_from_slice(&i.to_le_bytes())),
+    out.extend_from_slice(&(rows as u64).to_le_bytes());
+    match index_width {
+        0 => out.extend(indexes.iter().map(|&index| index as u8)),
+        1 => {
+            out.reserve(rows * 2);
+            for &index in indexes.iter() {
+                out.extend_from_slice(&(index as u16).to_le_bytes());
+            }
+        }
+        _ => {
+            out.reserve(rows * 4);
+            for &index in indexes.iter() {
+                out.extend_from_slice(&index.to_le_bytes());
+            }
+        }
     }
+    Ok(())
 }
 
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+/// Unsigned LEB128.
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        out.push(value as u8 | 0x80);
         value >>= 7;
     }
     out.push(value as u8);
 }
 
+/// Varint length, then the bytes.
 fn write_string(out: &mut Vec<u8>, bytes: &[u8]) {
     write_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
@@ -282,56 +462,176 @@ fn write_string(out: &mut Vec<u8>, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
     use std::sync::Arc;
 
-    use arrow_array::builder::{ListBuilder, StringBuilder};
-    use arrow_array::{FixedSizeBinaryArray, Int8Array, StringArray, UInt16Array, UInt32Array};
+    use arrow_array::builder::{FixedSizeBinaryBuilder, ListBuilder, StringBuilder};
+    use arrow_array::{
+        ArrayRef, FixedSizeBinaryArray, Float32Array, Float64Array, Int8Array, Int16Array,
+        Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+    };
 
     use super::*;
 
-    fn block(ch_type: &str, array: ArrayRef) -> Vec<u8> {
-        let ch_type = ChType::parse(ch_type).unwrap();
-        let batch = RecordBatch::try_from_iter([("c", array)]).unwrap();
+    fn encode(columns: &[(&str, &str)], arrays: Vec<ArrayRef>) -> Result<Vec<u8>, EncodeError> {
+        let types: Vec<ChType> = columns
+            .iter()
+            .map(|(_, ty)| ChType::parse(ty).unwrap())
+            .collect();
+        let native_columns: Vec<NativeColumn<'_>> = columns
+            .iter()
+            .zip(&types)
+            .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
+            .collect();
+        let batch =
+            RecordBatch::try_from_iter(columns.iter().map(|(name, _)| *name).zip(arrays)).unwrap();
         let mut out = Vec::new();
-        write_native_block(
-            &[NativeColumn {
-                name: "c",
-                ch_type: &ch_type,
-            }],
-            &batch,
-            &mut out,
-        )
-        .unwrap();
+        write_native_block(&native_columns, &batch, &mut out)?;
+        Ok(out)
+    }
+
+    /// The data of a single column named "c" of type `ch_type`, after the block header.
+    fn data(ch_type: &str, array: ArrayRef) -> Vec<u8> {
+        let rows = array.len();
+        let out = encode(&[("c", ch_type)], vec![array]).unwrap();
+        let mut header = Vec::new();
+        write_varint(&mut header, 1);
+        write_varint(&mut header, rows as u64);
+        write_string(&mut header, b"c");
+        write_string(&mut header, ch_type.as_bytes());
+        assert_eq!(&out[..header.len()], header, "block header");
+        out[header.len()..].to_vec()
+    }
+
+    fn u64s(values: &[u64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn strings(values: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for value in values {
+            write_string(&mut out, value.as_bytes());
+        }
         out
     }
 
-    /// The column data after the block header (`1, rows, "c", type`).
-    fn data(ch_type: &str, array: ArrayRef) -> Vec<u8> {
-        let rows = array.len();
-        let out = block(ch_type, array);
-        let header = 2 + 2 + 1 + ch_type.len() + usize::from(rows >= 128);
-        out[header..].to_vec()
+    fn list(rows: &[&[&str]]) -> ListBuilder<StringBuilder> {
+        let mut builder = ListBuilder::new(StringBuilder::new());
+        for row in rows {
+            for item in *row {
+                builder.values().append_value(item);
+            }
+            builder.append(true);
+        }
+        builder
+    }
+
+    /// A FixedSizeBinary array of `width`, also when empty (which `try_from_iter` refuses).
+    fn fixed<'v>(width: i32, values: impl IntoIterator<Item = &'v [u8]>) -> FixedSizeBinaryArray {
+        let mut builder = FixedSizeBinaryBuilder::new(width);
+        for value in values {
+            builder.append_value(value).unwrap();
+        }
+        builder.finish()
     }
 
     #[test]
-    fn header_and_primitives() {
-        let out = block("UInt16", Arc::new(UInt16Array::from(vec![1, 0x0203])));
+    fn block_header_and_primitive_column() {
+        let out = encode(
+            &[("c", "UInt16")],
+            vec![Arc::new(UInt16Array::from(vec![1, 0x0203]))],
+        )
+        .unwrap();
         assert_eq!(
             out,
             [
                 1, 2, 1, b'c', 6, b'U', b'I', b'n', b't', b'1', b'6', 1, 0, 3, 2
             ]
         );
-        let sliced = Arc::new(UInt32Array::from(vec![7, 8, 9]).slice(1, 2));
-        assert_eq!(data("DateTime", sliced), [8, 0, 0, 0, 9, 0, 0, 0]);
     }
 
     #[test]
-    fn uuid_is_two_little_endian_halves_read_big_endian() {
-        let uuid = uuid::Uuid::parse_str("61f0c404-5cb3-11e7-907b-a6006ad3dba0").unwrap();
-        let array = FixedSizeBinaryArray::try_from_iter([uuid.as_bytes()].into_iter()).unwrap();
+    fn varints_are_leb128() {
+        for (value, bytes) in [
+            (0u64, &[0u8][..]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (300, &[0xac, 0x02]),
+            (
+                u64::MAX,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_varint(&mut out, value);
+            assert_eq!(out, bytes, "{value}");
+        }
+        let rows = data("UInt8", Arc::new(UInt8Array::from(vec![7; 200])));
+        assert_eq!(rows, vec![7; 200]);
+    }
+
+    #[test]
+    fn primitives_are_little_endian_and_respect_slices() {
+        let sliced = |array: ArrayRef| array.slice(1, 2);
         assert_eq!(
-            data("UUID", Arc::new(array)),
+            data(
+                "DateTime",
+                sliced(Arc::new(UInt32Array::from(vec![7, 1_500_000_000, 9])))
+            ),
+            [0x00, 0x2f, 0x68, 0x59, 9, 0, 0, 0]
+        );
+        assert_eq!(
+            data("Int64", sliced(Arc::new(Int64Array::from(vec![1, -2, 3])))),
+            [
+                0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            data(
+                "Int16",
+                sliced(Arc::new(Int16Array::from(vec![1, -2, 0x0304])))
+            ),
+            [0xfe, 0xff, 0x04, 0x03]
+        );
+        assert_eq!(
+            data(
+                "Float32",
+                sliced(Arc::new(Float32Array::from(vec![0.0, 1.0, -2.5])))
+            ),
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
+        assert_eq!(
+            data(
+                "Float64",
+                sliced(Arc::new(Float64Array::from(vec![0.0, 0.5, 1e300])))
+            ),
+            [0.5f64.to_le_bytes(), 1e300f64.to_le_bytes()].concat()
+        );
+        assert_eq!(
+            data(
+                "UInt64",
+                sliced(Arc::new(UInt64Array::from(vec![0, u64::MAX, 1])))
+            ),
+            u64s(&[u64::MAX, 1])
+        );
+        assert_eq!(
+            data(
+                "Int32",
+                sliced(Arc::new(Int32Array::from(vec![0, i32::MIN, 1])))
+            ),
+            [0, 0, 0, 0x80, 1, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn uuid_matches_the_documented_example() {
+        let uuid = uuid::Uuid::parse_str("61f0c404-5cb3-11e7-907b-a6006ad3dba0").unwrap();
+        let other = uuid::Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        let array =
+            FixedSizeBinaryArray::try_from_iter([other.as_bytes(), uuid.as_bytes()].into_iter())
+                .unwrap();
+        assert_eq!(
+            data("UUID", Arc::new(array.slice(1, 1))),
             [
                 0xe7, 0x11, 0xb3, 0x5c, 0x04, 0xc4, 0xf0, 0x61, 0xa0, 0xdb, 0xd3, 0x6a, 0x00, 0xa6,
                 0x7b, 0x90
@@ -340,74 +640,296 @@ mod tests {
     }
 
     #[test]
+    fn strings_and_fixed_strings_respect_slices() {
+        let array = StringArray::from(vec!["skip", "", "héllo", "日本"]);
+        assert_eq!(
+            data("String", Arc::new(array.slice(1, 3))),
+            strings(&["", "héllo", "日本"])
+        );
+        let fixed = FixedSizeBinaryArray::try_from_iter([b"ab", b"cd", b"ef"].into_iter()).unwrap();
+        assert_eq!(data("FixedString(2)", Arc::new(fixed.slice(1, 2))), b"cdef");
+    }
+
+    #[test]
+    fn nullable_writes_the_null_map_then_the_values() {
+        let array = UInt32Array::from(vec![Some(5), None, Some(7), None]);
+        assert_eq!(
+            data("Nullable(UInt32)", Arc::new(array.slice(1, 3))),
+            [1, 0, 1, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let array = StringArray::from(vec![Some("x"), None, Some("ü")]);
+        let mut expected = vec![0, 1, 0];
+        expected.extend(strings(&["x", "", "ü"]));
+        assert_eq!(data("Nullable(String)", Arc::new(array)), expected);
+        let no_nulls = StringArray::from(vec!["a", "b"]);
+        let mut expected = vec![0, 0];
+        expected.extend(strings(&["a", "b"]));
+        assert_eq!(data("Nullable(String)", Arc::new(no_nulls)), expected);
+    }
+
+    #[test]
+    fn enum8_writes_codes_and_refuses_undeclared_ones() {
+        let ty = "Enum8('GET' = 1, 'POST' = 2, 'neg' = -3)";
+        let codes = Int8Array::from(vec![1, 2, -3, 1]);
+        assert_eq!(data(ty, Arc::new(codes)), [1, 2, 0xfd, 1]);
+        // A NULL's code (0 here) is not checked.
+        let nullable = format!("Nullable({ty})");
+        let codes = Int8Array::from(vec![Some(2), None]);
+        assert_eq!(data(&nullable, Arc::new(codes)), [0, 1, 2, 0]);
+
+        let err = encode(
+            &[("method", ty)],
+            vec![Arc::new(Int8Array::from(vec![1, 4]))],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "column \"method\": row 1: code 4 is not a value of Enum8('GET' = 1, 'POST' = 2, 'neg' = -3)"
+        );
+    }
+
+    #[test]
+    fn array_offsets_count_from_the_first_item_of_the_block() {
+        let array = list(&[&["skip", "me"], &["x", "yz"], &[], &["w"]]).finish();
+        let mut expected = u64s(&[2, 2, 3]);
+        expected.extend(strings(&["x", "yz", "w"]));
+        assert_eq!(data("Array(String)", Arc::new(array.slice(1, 3))), expected);
+
+        // Only empty arrays.
+        let array = list(&[&["a"], &[], &[]]).finish();
+        assert_eq!(
+            data("Array(String)", Arc::new(array.slice(1, 2))),
+            u64s(&[0, 0])
+        );
+
+        // A list whose item array is itself sliced.
+        let items: ArrayRef = Arc::new(StringArray::from(vec!["junk", "p", "q", "r"]).slice(1, 3));
+        let field = Arc::new(arrow_schema::Field::new("item", DataType::Utf8, true));
+        let offsets = arrow_buffer::OffsetBuffer::new(vec![0, 1, 3].into());
+        let array = arrow_array::ListArray::new(field, offsets, items, None);
+        let mut expected = u64s(&[1, 3]);
+        expected.extend(strings(&["p", "q", "r"]));
+        assert_eq!(data("Array(String)", Arc::new(array)), expected);
+    }
+
+    fn low_cardinality(keys_and_flags: (u64, &[&str]), indexes: &[u8]) -> Vec<u8> {
+        let (flags, keys) = keys_and_flags;
+        let mut out = u64s(&[1, flags, keys.len() as u64]);
+        out.extend(strings(keys));
+        out.extend(u64s(&[indexes.len() as u64]));
+        out.extend(indexes);
+        out
+    }
+
+    #[test]
     fn low_cardinality_nullable_matches_what_clickhouse_writes() {
         let array = StringArray::from(vec![None, Some("a"), Some(""), Some("a")]);
-        let mut expected = Vec::new();
-        expected.extend_from_slice(&1u64.to_le_bytes());
-        expected.extend_from_slice(&0x600u64.to_le_bytes());
-        expected.extend_from_slice(&3u64.to_le_bytes());
-        expected.extend_from_slice(&[0, 0, 1, b'a']);
-        expected.extend_from_slice(&4u64.to_le_bytes());
-        expected.extend_from_slice(&[0, 2, 1, 2]);
         assert_eq!(
             data("LowCardinality(Nullable(String))", Arc::new(array)),
-            expected
+            low_cardinality((0x600, &["", "", "a"]), &[0, 2, 1, 2])
+        );
+    }
+
+    #[test]
+    fn low_cardinality_puts_the_default_first_and_respects_slices() {
+        let array = StringArray::from(vec!["skip", "b", "", "a", "b", "é"]);
+        assert_eq!(
+            data("LowCardinality(String)", Arc::new(array.slice(1, 5))),
+            low_cardinality((0x600, &["", "b", "a", "é"]), &[1, 0, 2, 1, 3])
+        );
+        let array = StringArray::from(vec![Some("skip"), None, Some("z")]);
+        assert_eq!(
+            data(
+                "LowCardinality(Nullable(String))",
+                Arc::new(array.slice(1, 2))
+            ),
+            low_cardinality((0x600, &["", "", "z"]), &[0, 2])
         );
     }
 
     #[test]
     fn low_cardinality_picks_the_narrowest_index_width() {
-        let values: Vec<String> = (0..300).map(|i| format!("v{i}")).collect();
-        let array = StringArray::from_iter_values(values.iter());
-        let out = data("LowCardinality(String)", Arc::new(array));
+        // (distinct non-empty values, type, expected width flag, bytes per index)
+        for (distinct, ty, width, index_bytes) in [
+            (255, "LowCardinality(String)", 0, 1),
+            (256, "LowCardinality(String)", 1, 2),
+            (254, "LowCardinality(Nullable(String))", 0, 1),
+            (255, "LowCardinality(Nullable(String))", 1, 2),
+            (65_535, "LowCardinality(String)", 1, 2),
+            (65_536, "LowCardinality(String)", 2, 4),
+        ] {
+            let values: Vec<String> = (0..distinct).map(|i| format!("v{i}")).collect();
+            let array = StringArray::from_iter_values(values.iter());
+            let out = data(ty, Arc::new(array));
+            assert_eq!(
+                &out[8..16],
+                &(0x600u64 | width).to_le_bytes(),
+                "{distinct} {ty}"
+            );
+            let reserved = if ty.contains("Nullable") { 2 } else { 1 };
+            assert_eq!(
+                u64::from_le_bytes(out[16..24].try_into().unwrap()),
+                distinct + reserved
+            );
+            let last_index = &out[out.len() - index_bytes..];
+            let mut expected = (distinct + reserved - 1).to_le_bytes().to_vec();
+            expected.truncate(index_bytes);
+            assert_eq!(last_index, expected, "{distinct} {ty}");
+        }
+    }
+
+    /// One column of every supported type; rows `range` of a fixed sample.
+    fn sample(range: Range<usize>) -> (Vec<(&'static str, &'static str)>, Vec<ArrayRef>) {
+        let columns = vec![
+            ("s", "String"),
+            ("lc", "LowCardinality(String)"),
+            ("lcn", "LowCardinality(Nullable(String))"),
+            ("fs", "FixedString(3)"),
+            ("u8", "UInt8"),
+            ("i64", "Int64"),
+            ("f64", "Float64"),
+            ("ts", "DateTime"),
+            ("e", "Enum8('a' = 1, 'b' = 2)"),
+            ("id", "UUID"),
+            ("n", "Nullable(Int32)"),
+            ("ns", "Nullable(String)"),
+            ("arr", "Array(String)"),
+        ];
+        let r = || range.clone();
+        let s = ["", "a", "ü", "bb", "a", ""];
+        let lc = ["x", "", "bb", "x", "a", "ü"];
+        let lcn = [None, Some("x"), Some(""), None, Some("y"), Some("x")];
+        let fs: [&[u8; 3]; 6] = [b"abc", b"def", b"\0\0\0", b"ghi", b"jkl", b"mno"];
+        let n = [Some(1), None, Some(-3), Some(4), None, Some(6)];
+        let uuids: Vec<[u8; 16]> = (0..6).map(|i| [i as u8; 16]).collect();
+        let arr: [&[&str]; 6] = [&["a"], &[], &["b", "c"], &[""], &[], &["d"]];
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(s[r()].to_vec())),
+            Arc::new(StringArray::from(lc[r()].to_vec())),
+            Arc::new(StringArray::from(lcn[r()].to_vec())),
+            Arc::new(fixed(3, fs[r()].iter().map(|v| &v[..]))),
+            Arc::new(UInt8Array::from_iter_values(r().map(|i| i as u8))),
+            Arc::new(Int64Array::from_iter_values(r().map(|i| -(i as i64) << 40))),
+            Arc::new(Float64Array::from_iter_values(r().map(|i| i as f64 / 4.0))),
+            Arc::new(UInt32Array::from_iter_values(
+                r().map(|i| 1_700_000_000 + i as u32),
+            )),
+            Arc::new(Int8Array::from_iter_values(r().map(|i| 1 + (i % 2) as i8))),
+            Arc::new(fixed(16, uuids[r()].iter().map(|v| &v[..]))),
+            Arc::new(Int32Array::from(n[r()].to_vec())),
+            Arc::new(StringArray::from(lcn[r()].to_vec())),
+            Arc::new(list(&arr[r()]).finish()),
+        ];
+        (columns, arrays)
+    }
+
+    #[test]
+    fn a_sliced_batch_encodes_like_the_same_rows_built_fresh() {
+        let (columns, arrays) = sample(0..6);
+        let batch = RecordBatch::try_from_iter(columns.iter().map(|(n, _)| *n).zip(arrays))
+            .unwrap()
+            .slice(2, 3);
+        let (_, fresh) = sample(2..5);
         assert_eq!(
-            &out[8..16],
-            &(0x600u64 | 1).to_le_bytes(),
-            "301 keys need UInt16 indexes"
+            encode(&columns, batch.columns().to_vec()).unwrap(),
+            encode(&columns, fresh).unwrap()
         );
     }
 
     #[test]
-    fn nullable_enum_and_array() {
-        let codes = Int8Array::from(vec![Some(1), None]);
-        assert_eq!(
-            data("Nullable(Enum8('a' = 1))", Arc::new(codes)),
-            [0, 1, 1, 0]
-        );
-
-        let mut lists = ListBuilder::new(StringBuilder::new());
-        lists.values().append_value("x");
-        lists.values().append_value("yz");
-        lists.append(true);
-        lists.append(true);
-        lists.values().append_value("w");
-        lists.append(true);
-        let array = lists.finish().slice(1, 2);
+    fn a_block_without_rows_has_no_column_data() {
+        let (columns, arrays) = sample(0..0);
+        let out = encode(&columns, arrays).unwrap();
         let mut expected = Vec::new();
-        expected.extend_from_slice(&0u64.to_le_bytes());
-        expected.extend_from_slice(&1u64.to_le_bytes());
-        expected.extend_from_slice(&[1, b'w']);
-        assert_eq!(data("Array(String)", Arc::new(array)), expected);
+        write_varint(&mut expected, columns.len() as u64);
+        write_varint(&mut expected, 0);
+        for (name, ty) in &columns {
+            write_string(&mut expected, name.as_bytes());
+            write_string(&mut expected, ty.as_bytes());
+        }
+        assert_eq!(out, expected);
     }
 
     #[test]
-    fn type_mismatch_names_the_column() {
-        let ch_type = ChType::parse("String").unwrap();
-        let batch =
-            RecordBatch::try_from_iter([("c", Arc::new(UInt16Array::from(vec![1])) as ArrayRef)])
-                .unwrap();
-        let err = write_native_block(
-            &[NativeColumn {
-                name: "c",
-                ch_type: &ch_type,
-            }],
-            &batch,
-            &mut Vec::new(),
+    fn mismatches_are_refused_and_leave_the_output_untouched() {
+        let err = encode(
+            &[("status", "UInt16")],
+            vec![Arc::new(StringArray::from(vec!["1"]))],
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "column c: Arrow type UInt16 cannot be written as String"
+            "column \"status\": Arrow type Utf8 cannot be written as ClickHouse type UInt16"
+        );
+        let err = encode(
+            &[("code", "FixedString(3)")],
+            vec![Arc::new(
+                FixedSizeBinaryArray::try_from_iter([b"ab"].into_iter()).unwrap(),
+            )],
+        )
+        .unwrap_err();
+        assert!(matches!(err, EncodeError::TypeMismatch { .. }), "{err}");
+
+        let err = encode(
+            &[("s", "String")],
+            vec![Arc::new(StringArray::from(vec![None::<&str>]))],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "column \"s\": 1 NULL value(s) in a column of type String, which cannot hold NULL"
+        );
+        let err = encode(
+            &[("lc", "LowCardinality(String)")],
+            vec![Arc::new(StringArray::from(vec![Some("a"), None]))],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, EncodeError::UnexpectedNull { nulls: 1, .. }),
+            "{err}"
+        );
+
+        let mut with_null_item = ListBuilder::new(StringBuilder::new());
+        with_null_item.values().append_null();
+        with_null_item.append(true);
+        let err = encode(
+            &[("a", "Array(String)")],
+            vec![Arc::new(with_null_item.finish())],
+        )
+        .unwrap_err();
+        assert!(matches!(err, EncodeError::UnexpectedNull { .. }), "{err}");
+
+        // A later column fails: nothing of the block stays in `out`.
+        let ch_types = [ChType::UInt8, ChType::UInt8];
+        let columns = [
+            NativeColumn {
+                name: "a",
+                ch_type: &ch_types[0],
+            },
+            NativeColumn {
+                name: "b",
+                ch_type: &ch_types[1],
+            },
+        ];
+        let batch = RecordBatch::try_from_iter([
+            ("a", Arc::new(UInt8Array::from(vec![1])) as ArrayRef),
+            ("b", Arc::new(Int8Array::from(vec![1])) as ArrayRef),
+        ])
+        .unwrap();
+        let mut out = b"earlier".to_vec();
+        assert!(write_native_block(&columns, &batch, &mut out).is_err());
+        assert_eq!(out, b"earlier");
+        let err = write_native_block(&columns[..1], &batch, &mut out).unwrap_err();
+        assert_eq!(
+            err,
+            EncodeError::ColumnCount {
+                described: 1,
+                batch: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "batch has 2 columns but 1 columns were described"
         );
     }
 }
