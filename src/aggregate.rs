@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::sink::SinkError;
+use crate::spool::RecordId;
 
 /// What a request learns once its rows are delivered: the insert id that carried them.
 pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
@@ -18,8 +19,12 @@ pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
 /// One request's validated rows on their way to the accumulator.
 pub struct Submission {
     pub batch: RecordBatch,
-    /// Told when the rows are confirmed by ClickHouse (or finally refused).
-    pub done: oneshot::Sender<Delivery>,
+    /// The spool record the rows were derived from, confirmed once ClickHouse has them.
+    pub spool_id: Option<RecordId>,
+    /// Told when the rows are confirmed by ClickHouse (or finally refused), when someone waits.
+    pub done: Option<oneshot::Sender<Delivery>>,
+    /// A place in the stream's queue, given back when the accumulator takes the rows.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// When to flush.
@@ -36,7 +41,10 @@ pub struct Pending {
     pub batches: Vec<RecordBatch>,
     pub rows: usize,
     pub bytes: usize,
+    pub spool_ids: Vec<RecordId>,
     pub waiters: Vec<oneshot::Sender<Delivery>>,
+    /// Submissions taken in (also the empty ones).
+    pub submissions: usize,
 }
 
 /// The pending rows of one table.
@@ -57,14 +65,22 @@ impl Accumulator {
 
     /// Adds a request's rows; returns the pending rows when a size limit is reached.
     pub fn push(&mut self, submission: Submission, now: Instant) -> Option<Pending> {
-        let Submission { batch, done } = submission;
+        let Submission {
+            batch,
+            spool_id,
+            done,
+            permit,
+        } = submission;
+        drop(permit);
         self.oldest.get_or_insert(now);
+        self.pending.submissions += 1;
+        self.pending.spool_ids.extend(spool_id);
         self.pending.rows += batch.num_rows();
         self.pending.bytes += batch.get_array_memory_size();
         if batch.num_rows() > 0 {
             self.pending.batches.push(batch);
         }
-        self.pending.waiters.push(done);
+        self.pending.waiters.extend(done);
         if self.pending.rows >= self.limits.max_rows || self.pending.bytes >= self.limits.max_bytes
         {
             return Some(self.take());
@@ -92,7 +108,7 @@ impl Accumulator {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.waiters.is_empty()
+        self.pending.submissions == 0
     }
 }
 
@@ -108,7 +124,13 @@ mod tests {
         let column: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..rows));
         let batch = RecordBatch::try_from_iter([("n", column)]).unwrap();
         let (done, receiver) = oneshot::channel();
-        (Submission { batch, done }, receiver)
+        let submission = Submission {
+            batch,
+            spool_id: Some(rows.into()),
+            done: Some(done),
+            permit: None,
+        };
+        (submission, receiver)
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::accept::tls::TlsConfig;
 use crate::encode::Compression;
 use crate::schema::UnknownFields;
+use crate::spool::SpoolConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +36,8 @@ pub struct Config {
     /// Per-stream input options.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// The durable log of accepted batches (needed by `ingest.ack = "spool"`).
+    pub spool: Option<SpoolConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,21 @@ pub struct IngestConfig {
     /// TLS-terminating proxy only; must be set explicitly.
     #[serde(default)]
     pub plain_http: bool,
+    /// When a batch is answered 200: `spool` (its rows are on disk in the spool; needs
+    /// `[spool]`), `clickhouse` (ClickHouse confirmed its rows), or `memory` (its rows are queued
+    /// in memory: a crash loses them).
+    #[serde(default)]
+    pub ack: AckMode,
+}
+
+/// When a batch is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    #[default]
+    Spool,
+    ClickHouse,
+    Memory,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +106,16 @@ pub struct Limits {
     /// Most rejected rows listed in an answer's `errors` (all are counted).
     #[serde(default = "default_max_errors_reported")]
     pub max_errors_reported: usize,
+}
+
+impl Limits {
+    pub fn body_limits(&self) -> crate::validate::BodyLimits {
+        crate::validate::BodyLimits {
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_records: self.max_rows_per_batch,
+            max_errors: self.max_errors_reported,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -317,6 +345,21 @@ impl Config {
             (Some(tls), false) => tls.validate("ingest.tls")?,
             (None, true) => {}
         }
+        if self.ingest.ack == AckMode::Spool && self.spool.is_none() {
+            return Err(
+                "ingest.ack: \"spool\" (the default) needs a [spool] section with a dir; \
+                 or set ingest.ack = \"clickhouse\" to answer once ClickHouse has the rows"
+                    .to_string(),
+            );
+        }
+        if let Some(spool) = &self.spool
+            && (spool.segment_bytes == 0 || spool.max_bytes < spool.segment_bytes)
+        {
+            return Err(
+                "spool.max_bytes: must be at least spool.segment_bytes (and both above 0)"
+                    .to_string(),
+            );
+        }
         let positive = [
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             (
@@ -433,6 +476,7 @@ mod tests {
         [ingest]
         listen = "127.0.0.1:0"
         plain_http = true
+        ack = "clickhouse"
         [clickhouse]
         url = "http://127.0.0.1:8123"
     "#;
@@ -462,6 +506,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
     fn environment_overrides_file_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");

@@ -11,25 +11,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use bytes::Bytes;
-use crossbeam_channel::{RecvTimeoutError, TrySendError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use crossbeam_channel::RecvTimeoutError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Submission};
 use crate::config::Config;
 use crate::encode::{self, Compression, NativeColumn};
 use crate::schema::{Schema, SchemaSet};
 use crate::sink::{InsertRequest, Sink, SinkError, TableTarget};
+use crate::spool::{RecordId, Spool};
 use crate::validate::{CompiledSchema, StreamOptions};
 
 /// One stream version: its compiled schema and the way to its accumulator.
 pub struct StreamVersion {
     pub compiled: Arc<CompiledSchema>,
+    pub target: Arc<TableTarget>,
     submissions: crossbeam_channel::Sender<Submission>,
+    /// Places in the accumulator's queue (`batch.queue_depth`).
+    capacity: Arc<Semaphore>,
 }
 
 /// Every stream's versions.
@@ -37,6 +42,7 @@ pub struct Pipeline {
     streams: HashMap<String, BTreeMap<u32, StreamVersion>>,
     accumulators: Vec<JoinHandle<()>>,
     dispatcher: tokio::task::JoinHandle<()>,
+    shutting_down: Arc<AtomicBool>,
 }
 
 /// Why rows could not be queued.
@@ -57,6 +63,12 @@ pub struct DeliveryOptions {
     pub max_in_flight: usize,
 }
 
+/// What happens when an insert finally succeeds or fails.
+struct Delivered {
+    spool: Option<Arc<Spool>>,
+    shutting_down: Arc<AtomicBool>,
+}
+
 impl DeliveryOptions {
     pub fn from_config(config: &Config) -> DeliveryOptions {
         DeliveryOptions {
@@ -70,16 +82,19 @@ impl DeliveryOptions {
 
 struct EncodedInsert {
     request: InsertRequest,
+    spool_ids: Vec<RecordId>,
     waiters: Vec<oneshot::Sender<Delivery>>,
 }
 
 impl Pipeline {
     /// Compiles every schema, starts one accumulator thread per stream version and the sink
-    /// dispatcher on the current tokio runtime.
+    /// dispatcher on the current tokio runtime. With a spool, delivered records are confirmed
+    /// in it, and retryable failures are retried until delivery (the spool holds the rows).
     pub fn start(
         config: &Config,
         schemas: &SchemaSet,
         sink: Arc<dyn Sink>,
+        spool: Option<Arc<Spool>>,
     ) -> anyhow::Result<Pipeline> {
         let delivery = DeliveryOptions::from_config(config);
         let limits = FlushLimits {
@@ -88,7 +103,12 @@ impl Pipeline {
             max_age: Duration::from_millis(config.batch.max_age_ms),
         };
         let (insert_tx, insert_rx) = mpsc::channel(delivery.max_in_flight * 2);
-        let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery));
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(Delivered {
+            spool,
+            shutting_down: shutting_down.clone(),
+        });
+        let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered));
         let mut streams: HashMap<String, BTreeMap<u32, StreamVersion>> = HashMap::new();
         let mut accumulators = Vec::new();
         for schema in schemas.iter() {
@@ -100,7 +120,9 @@ impl Pipeline {
             let compiled = CompiledSchema::new(schema.clone(), &options)
                 .map_err(|err| anyhow::anyhow!("streams ({}): {err}", schema.stream))?;
             let compiled = Arc::new(compiled);
-            let (submissions, receiver) = crossbeam_channel::bounded(config.batch.queue_depth);
+            // Unbounded: the semaphore bounds it, so that a place can be taken before the
+            // batch is spooled.
+            let (submissions, receiver) = crossbeam_channel::unbounded();
             let target = Arc::new(TableTarget::new(
                 &config.clickhouse.database,
                 &schema.table.name,
@@ -109,7 +131,7 @@ impl Pipeline {
             let worker = AccumulatorThread {
                 schema: schema.clone(),
                 compiled: compiled.clone(),
-                target,
+                target: target.clone(),
                 receiver,
                 inserts: insert_tx.clone(),
                 accumulator: Accumulator::new(limits),
@@ -125,7 +147,9 @@ impl Pipeline {
                 schema.version,
                 StreamVersion {
                     compiled,
+                    target,
                     submissions,
+                    capacity: Arc::new(Semaphore::new(config.batch.queue_depth)),
                 },
             );
         }
@@ -138,6 +162,7 @@ impl Pipeline {
             streams,
             accumulators,
             dispatcher,
+            shutting_down,
         })
     }
 
@@ -148,6 +173,8 @@ impl Pipeline {
 
     /// Stops accepting, flushes what is pending and waits until every insert has finished.
     pub async fn shutdown(self) {
+        // Inserts still failing now stay in the spool for the next start.
+        self.shutting_down.store(true, Ordering::Relaxed);
         drop(self.streams);
         let accumulators = self.accumulators;
         let _ = tokio::task::spawn_blocking(move || {
@@ -161,14 +188,40 @@ impl Pipeline {
 }
 
 impl StreamVersion {
-    /// Queues validated rows; the receiver answers once ClickHouse has them.
-    pub fn submit(&self, batch: RecordBatch) -> Result<oneshot::Receiver<Delivery>, SubmitError> {
-        let (done, receiver) = oneshot::channel();
-        match self.submissions.try_send(Submission { batch, done }) {
-            Ok(()) => Ok(receiver),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::ShuttingDown),
-        }
+    /// Takes a place in the accumulator's queue, or says it is full.
+    pub fn reserve(&self) -> Result<OwnedSemaphorePermit, SubmitError> {
+        self.capacity
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SubmitError::Overloaded)
+    }
+
+    /// Waits for a place in the queue (spool replay at start).
+    pub async fn reserve_waiting(&self) -> OwnedSemaphorePermit {
+        self.capacity
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    /// Queues validated rows in a reserved place. `done` is told once ClickHouse has them.
+    pub fn submit(
+        &self,
+        batch: RecordBatch,
+        permit: OwnedSemaphorePermit,
+        spool_id: Option<RecordId>,
+        done: Option<oneshot::Sender<Delivery>>,
+    ) -> Result<(), SubmitError> {
+        let submission = Submission {
+            batch,
+            spool_id,
+            done,
+            permit: Some(permit),
+        };
+        self.submissions
+            .send(submission)
+            .map_err(|_| SubmitError::ShuttingDown)
     }
 }
 
@@ -215,6 +268,7 @@ impl AccumulatorThread {
             batches,
             rows,
             waiters,
+            spool_ids,
             ..
         } = pending;
         if rows == 0 {
@@ -242,10 +296,12 @@ impl AccumulatorThread {
         };
         metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
             .record(started.elapsed().as_secs_f64());
-        if let Err(err) = self
-            .inserts
-            .blocking_send(EncodedInsert { request, waiters })
-        {
+        let insert = EncodedInsert {
+            request,
+            spool_ids,
+            waiters,
+        };
+        if let Err(err) = self.inserts.blocking_send(insert) {
             let error = SinkError::Retryable("sluice is shutting down".to_string());
             err.0.waiters.into_iter().for_each(|w| {
                 let _ = w.send(Err(error.clone()));
@@ -298,11 +354,12 @@ impl AccumulatorThread {
 }
 
 /// Runs inserts, at most `max_in_flight` at once, retrying retryable failures with jittered
-/// exponential back-off, and tells every waiting request the outcome.
+/// exponential back-off, then confirms the spool records and tells every waiting request.
 async fn dispatch(
     mut inserts: mpsc::Receiver<EncodedInsert>,
     sink: Arc<dyn Sink>,
     options: DeliveryOptions,
+    delivered: Arc<Delivered>,
 ) {
     let permits = Arc::new(Semaphore::new(options.max_in_flight));
     let mut running = tokio::task::JoinSet::new();
@@ -313,8 +370,20 @@ async fn dispatch(
             .await
             .expect("semaphore never closed");
         let sink = sink.clone();
+        let delivered = delivered.clone();
         running.spawn(async move {
-            let outcome = deliver(sink.as_ref(), &insert.request, options.attempts).await;
+            let outcome =
+                deliver(sink.as_ref(), &insert.request, options.attempts, &delivered).await;
+            match (&outcome, &delivered.spool) {
+                (Ok(()), Some(spool)) => spool.confirm(&insert.spool_ids),
+                (Err(error), Some(_)) if !insert.spool_ids.is_empty() => tracing::error!(
+                    insert_id = %insert.request.insert_id,
+                    records = insert.spool_ids.len(),
+                    %error,
+                    "insert not delivered; its records stay in the spool for the next start"
+                ),
+                _ => {}
+            }
             let delivery: Delivery = outcome.map(|()| insert.request.insert_id.clone());
             for waiter in insert.waiters {
                 let _ = waiter.send(delivery.clone());
@@ -326,7 +395,15 @@ async fn dispatch(
     while running.join_next().await.is_some() {}
 }
 
-async fn deliver(sink: &dyn Sink, request: &InsertRequest, attempts: u32) -> Result<(), SinkError> {
+/// Tries an insert until it succeeds, fails for good, or runs out of attempts. With a spool,
+/// retryable failures are retried without limit until shutdown: the rows are safe on disk and a
+/// ClickHouse outage must cost nothing but delay.
+async fn deliver(
+    sink: &dyn Sink,
+    request: &InsertRequest,
+    attempts: u32,
+    delivered: &Delivered,
+) -> Result<(), SinkError> {
     let table = request.target.table.clone();
     let mut attempt = 1;
     loop {
@@ -348,7 +425,9 @@ async fn deliver(sink: &dyn Sink, request: &InsertRequest, attempts: u32) -> Res
             Err(error) => {
                 metrics::counter!("sluice_inserts_total", "table" => table.clone(), "result" => error.class())
                     .increment(1);
-                if !error.is_retryable() || attempt >= attempts {
+                let keep_trying =
+                    delivered.spool.is_some() && !delivered.shutting_down.load(Ordering::Relaxed);
+                if !error.is_retryable() || (attempt >= attempts && !keep_trying) {
                     tracing::warn!(insert_id = %request.insert_id, attempt, %error, "insert failed");
                     return Err(error);
                 }

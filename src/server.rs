@@ -12,9 +12,12 @@ use crate::accept::{self, AppState, admin};
 use crate::check;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::schema::ContextField;
 use crate::schema::SchemaSet;
 use crate::sink::Sink;
 use crate::sink::clickhouse::{self as ch, ClickHouseSink};
+use crate::spool::{RecordId, Recovery, Spool, SpoolRecord};
+use crate::validate;
 
 pub struct Server {
     pub ingest_addr: SocketAddr,
@@ -59,7 +62,17 @@ impl Server {
             tracing::info!(%version, database = %ch.database, "schemas applied");
         }
         let probe_client = ch::client(&ch.url, &ch.user, &ch.password);
-        let pipeline = Pipeline::start(&config, &schemas, sink)?;
+        let (spool, recovery) = match &config.spool {
+            Some(spool_config) => {
+                let (spool, recovery) = Spool::open(spool_config.clone())?;
+                (Some(Arc::new(spool)), Some(recovery))
+            }
+            None => (None, None),
+        };
+        let pipeline = Pipeline::start(&config, &schemas, sink.clone(), spool.clone())?;
+        if let (Some(spool), Some(recovery)) = (&spool, recovery) {
+            replay(recovery, &pipeline, spool, sink.as_ref(), &config).await?;
+        }
 
         let ingest_listener = tokio::net::TcpListener::bind(config.ingest.listen).await?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen).await?;
@@ -93,6 +106,7 @@ impl Server {
         let state = Arc::new(AppState {
             config: Arc::new(config),
             pipeline,
+            spool,
         });
         let ingest = tokio::spawn(accept::serve_ingest(
             ingest_listener,
@@ -127,4 +141,105 @@ impl Server {
         served??;
         Ok(())
     }
+}
+
+/// Delivers the spool's unconfirmed records again, before the listeners open. A record whose
+/// rows ClickHouse already holds (its request id is found with as many rows as were accepted) is
+/// confirmed without a second insert: a crash between an insert and its confirmation must not
+/// duplicate rows.
+async fn replay(
+    recovery: Recovery,
+    pipeline: &Pipeline,
+    spool: &Arc<Spool>,
+    sink: &dyn Sink,
+    config: &Config,
+) -> anyhow::Result<()> {
+    if recovery.unconfirmed.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        records = recovery.unconfirmed.len(),
+        discarded_bytes = recovery.discarded_bytes,
+        "replaying the spool"
+    );
+    // Group by stream version, to probe ClickHouse once per table.
+    let mut groups: std::collections::BTreeMap<(String, u32), Vec<(RecordId, SpoolRecord)>> =
+        Default::default();
+    for (id, record) in recovery.unconfirmed {
+        groups
+            .entry((record.stream.clone(), record.schema_version))
+            .or_default()
+            .push((id, record));
+    }
+    let (mut replayed, mut already_stored) = (0usize, 0usize);
+    for ((stream, version), records) in groups {
+        let Some(version) = pipeline.stream(&stream).and_then(|v| v.get(&version)) else {
+            tracing::error!(%stream, version, records = records.len(),
+                "spool holds records of a stream version this config lacks; they stay in the spool");
+            continue;
+        };
+        let request_id_column = version
+            .compiled
+            .schema
+            .columns
+            .iter()
+            .find(|c| c.spec.context == Some(ContextField::RequestId))
+            .map(|c| c.name().to_string());
+        let stored = match &request_id_column {
+            Some(column) => {
+                let ids: Vec<String> = records
+                    .iter()
+                    .map(|(_, r)| r.context.request_id.clone())
+                    .collect();
+                sink.rows_by_request_id(&version.target, column, &ids)
+                    .await
+                    .map_err(|err| {
+                        anyhow::anyhow!("probing ClickHouse before spool replay: {err}")
+                    })?
+            }
+            None => {
+                tracing::warn!(%stream, "schema has no request_id column: replay cannot detect rows stored before a crash");
+                Default::default()
+            }
+        };
+        for (id, record) in records {
+            let found = stored.get(&record.context.request_id).copied().unwrap_or(0);
+            if found >= u64::from(record.accepted_rows) {
+                spool.confirm(&[id]);
+                already_stored += 1;
+                continue;
+            }
+            if found > 0 {
+                tracing::error!(request_id = %record.context.request_id, found, accepted = record.accepted_rows,
+                    "clickhouse holds part of a spooled batch; replaying it whole (some rows will be doubled)");
+            }
+            let encoding = crate::decode::content_encoding(record.content_encoding.as_deref())?;
+            let compiled = version.compiled.clone();
+            let limits = config.limits.body_limits();
+            let record_for_task = record.clone();
+            let validated = tokio::task::spawn_blocking(move || {
+                validate::validate_body(
+                    &compiled,
+                    record_for_task.context,
+                    &record_for_task.body,
+                    encoding,
+                    record_for_task.content_type.as_deref(),
+                    limits,
+                )
+            })
+            .await??;
+            let Some(validated) = validated.filter(|v| v.accepted > 0) else {
+                spool.confirm(&[id]);
+                continue;
+            };
+            let permit = version.reserve_waiting().await;
+            version
+                .submit(validated.batch, permit, Some(id), None)
+                .map_err(|err| anyhow::anyhow!("spool replay: {err}"))?;
+            replayed += 1;
+        }
+    }
+    tracing::info!(replayed, already_stored, "spool replay queued");
+    metrics::counter!("sluice_spool_replayed_records_total").increment(replayed as u64);
+    Ok(())
 }

@@ -24,7 +24,7 @@ fn config_file(dir: &tempfile::TempDir, clickhouse: &TestClickHouse) -> String {
     std::fs::write(
         &path,
         format!(
-            "[ingest]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n",
+            "[ingest]\nlisten = \"127.0.0.1:0\"\nplain_http = true\nack = \"clickhouse\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n",
             clickhouse.url, clickhouse.database
         ),
     )

@@ -38,6 +38,8 @@ pub enum ApiError {
     },
     #[error("ingest queue is full, retry later")]
     Overloaded,
+    #[error("spool is full while clickhouse catches up, retry later")]
+    SpoolFull,
     #[error("clickhouse is unavailable, retry later")]
     Unavailable,
     #[error(
@@ -84,6 +86,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "all_rows_rejected")
             }
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Refused { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "insert_refused"),
@@ -95,7 +98,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             ApiError::Overloaded => Some(1),
-            ApiError::Unavailable | ApiError::ShuttingDown => Some(5),
+            ApiError::Unavailable | ApiError::ShuttingDown | ApiError::SpoolFull => Some(5),
             _ => None,
         }
     }

@@ -15,10 +15,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::tls::PeerIdentity;
 use crate::auth;
-use crate::decode::{self, DecodeOptions};
+use crate::config::AckMode;
+use crate::decode;
 use crate::pipeline::SubmitError;
 use crate::sink::SinkError;
-use crate::validate::{CompiledSchema, RequestContext, RowError, ValidatedBatch};
+use crate::spool::{SpoolError, SpoolRecord};
+use crate::validate::{self, RequestContext, RowError, ValidatedBatch};
 
 pub const BATCH_ID_HEADER: &str = "x-sluice-batch-id";
 pub const SCHEMA_VERSION_HEADER: &str = "x-sluice-schema-version";
@@ -165,16 +167,32 @@ async fn handle(
             .unwrap_or(0),
         url_encoded: principal.url_encoded,
     };
+    let spool_record = {
+        let (stream, schema_version) = (stream.to_string(), version.compiled.schema.version);
+        let (context, body) = (context.clone(), bytes.clone());
+        let content_encoding =
+            header_value(headers, header::CONTENT_ENCODING.as_str()).map(str::to_string);
+        let content_type = content_type.clone();
+        move |accepted_rows: u32| SpoolRecord {
+            stream,
+            schema_version,
+            context,
+            content_type,
+            content_encoding,
+            accepted_rows,
+            body,
+        }
+    };
     let compiled = version.compiled.clone();
-    let limits = config.limits.clone();
+    let limits = config.limits.body_limits();
     let validated = tokio::task::spawn_blocking(move || {
-        validate_body(
+        validate::validate_body(
             &compiled,
             context,
             &bytes,
             encoding,
             content_type.as_deref(),
-            &limits,
+            limits,
         )
     })
     .await
@@ -216,25 +234,52 @@ async fn handle(
             errors,
         });
     }
-    let delivered = version.submit(batch).map_err(|err| match err {
-        SubmitError::Overloaded => ApiError::Overloaded,
-        SubmitError::ShuttingDown => ApiError::ShuttingDown,
-    })?;
-    match delivered.await {
-        Ok(Ok(insert_id)) => {
-            tracing::debug!(%stream, %request_id, %batch_id, %insert_id, accepted, rejected, "batch delivered");
+    let permit = version.reserve().map_err(submit_error)?;
+    match state.config.ingest.ack {
+        AckMode::Spool => {
+            let spool = state
+                .spool
+                .as_ref()
+                .expect("config validation: ack = spool needs a spool");
+            let record_id = spool
+                .append(&spool_record(accepted as u32))
+                .await
+                .map_err(|err| match err {
+                    SpoolError::Full { .. } => ApiError::SpoolFull,
+                    other => {
+                        tracing::error!(error = %other, "spool append failed");
+                        ApiError::Unavailable
+                    }
+                })?;
+            version
+                .submit(batch, permit, Some(record_id), None)
+                .map_err(submit_error)?;
         }
-        Ok(Err(SinkError::Retryable(reason))) => {
-            tracing::warn!(%stream, %request_id, %batch_id, %reason, "batch not delivered");
-            return Err(ApiError::Unavailable);
+        AckMode::Memory => version
+            .submit(batch, permit, None, None)
+            .map_err(submit_error)?,
+        AckMode::ClickHouse => {
+            let (done, delivered) = tokio::sync::oneshot::channel();
+            version
+                .submit(batch, permit, None, Some(done))
+                .map_err(submit_error)?;
+            match delivered.await {
+                Ok(Ok(insert_id)) => {
+                    tracing::debug!(%stream, %request_id, %batch_id, %insert_id, accepted, rejected, "batch delivered");
+                }
+                Ok(Err(SinkError::Retryable(reason))) => {
+                    tracing::warn!(%stream, %request_id, %batch_id, %reason, "batch not delivered");
+                    return Err(ApiError::Unavailable);
+                }
+                Ok(Err(SinkError::Permanent { code, message })) => {
+                    tracing::error!(%stream, %request_id, %batch_id, code, %message, "clickhouse refused the batch");
+                    return Err(ApiError::Refused {
+                        request_id: request_id.to_string(),
+                    });
+                }
+                Err(_) => return Err(ApiError::ShuttingDown),
+            }
         }
-        Ok(Err(SinkError::Permanent { code, message })) => {
-            tracing::error!(%stream, %request_id, %batch_id, code, %message, "clickhouse refused the batch");
-            return Err(ApiError::Refused {
-                request_id: request_id.to_string(),
-            });
-        }
-        Err(_) => return Err(ApiError::ShuttingDown),
     }
     Ok(Accepted {
         accepted,
@@ -245,32 +290,11 @@ async fn handle(
     })
 }
 
-/// Decompresses, frames and validates one body (CPU work: runs on a blocking thread).
-/// `None` for Logpush's destination probe.
-fn validate_body(
-    compiled: &CompiledSchema,
-    mut context: RequestContext,
-    body: &[u8],
-    encoding: decode::ContentEncoding,
-    content_type: Option<&str>,
-    limits: &crate::config::Limits,
-) -> Result<Option<ValidatedBatch>, ApiError> {
-    let mut body = decode::decompress(body, encoding, limits.max_decompressed_bytes)?;
-    if decode::is_logpush_probe(&body) {
-        return Ok(None);
+fn submit_error(err: SubmitError) -> ApiError {
+    match err {
+        SubmitError::Overloaded => ApiError::Overloaded,
+        SubmitError::ShuttingDown => ApiError::ShuttingDown,
     }
-    let format = decode::body_format(content_type, &body)?;
-    // Structured lines hold no spaces only because their values are URL-encoded.
-    context.url_encoded |= format == decode::BodyFormat::Delimited;
-    let delimited_fields = compiled.delimited_fields();
-    let options = DecodeOptions {
-        delimiter: compiled.delimiter(),
-        delimited_fields: &delimited_fields,
-        max_records: limits.max_rows_per_batch,
-    };
-    let mut builder = compiled.begin(&context, limits.max_errors_reported);
-    decode::decode(format, &mut body, &options, &mut builder)?;
-    Ok(Some(builder.finish()))
 }
 
 fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

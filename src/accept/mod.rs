@@ -17,11 +17,14 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::spool::Spool;
 
 /// What ingest handlers share.
 pub struct AppState {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
+    /// The durable log of accepted batches (with `ingest.ack = "spool"`).
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// The ingest router.

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::{InsertRequest, Sink, SinkError};
+use std::collections::HashMap;
+
+use super::{InsertRequest, Sink, SinkError, TableTarget};
 use crate::config::ClickHouseConfig;
 
 pub struct ClickHouseSink {
@@ -46,6 +48,29 @@ impl Sink for ClickHouseSink {
         }
         insert.send(request.body.clone()).await.map_err(classify)?;
         insert.end().await.map_err(classify)
+    }
+
+    async fn rows_by_request_id(
+        &self,
+        target: &TableTarget,
+        column: &str,
+        request_ids: &[String],
+    ) -> Result<HashMap<String, u64>, SinkError> {
+        let mut found = HashMap::new();
+        for chunk in request_ids.chunks(1000) {
+            let rows: Vec<(String, u64)> = self
+                .client
+                .query(&format!(
+                    "SELECT `{column}`, count() FROM {}.{} WHERE `{column}` IN ? GROUP BY `{column}`",
+                    target.database, target.table
+                ))
+                .bind(chunk)
+                .fetch_all()
+                .await
+                .map_err(classify)?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod clickhouse;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -74,6 +75,15 @@ impl SinkError {
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError>;
+
+    /// Rows already stored per request id, read from `column` of the target table: how spool
+    /// replay after a crash finds batches that reached ClickHouse before their confirmation did.
+    async fn rows_by_request_id(
+        &self,
+        target: &TableTarget,
+        column: &str,
+        request_ids: &[String],
+    ) -> Result<HashMap<String, u64>, SinkError>;
 }
 
 /// Keeps every insert in memory; can be told to fail.
@@ -102,5 +112,14 @@ impl Sink for MemorySink {
         }
         self.inserts.lock().unwrap().push(request.clone());
         Ok(())
+    }
+
+    async fn rows_by_request_id(
+        &self,
+        _target: &TableTarget,
+        _column: &str,
+        _request_ids: &[String],
+    ) -> Result<HashMap<String, u64>, SinkError> {
+        Ok(HashMap::new())
     }
 }

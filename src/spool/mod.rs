@@ -437,14 +437,13 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(RecordId, PathBuf)>> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "seg") {
-            if let Some(id) = path
+        if path.extension().is_some_and(|e| e == "seg")
+            && let Some(id) = path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .and_then(|s| s.parse().ok())
-            {
-                segments.push((id, path));
-            }
+        {
+            segments.push((id, path));
         }
     }
     segments.sort();
@@ -462,8 +461,11 @@ fn read_acks(path: &Path) -> io::Result<HashSet<RecordId>> {
     }
 }
 
-/// Reads the good records of a segment: (records, length of the good prefix, file length).
-fn read_segment(path: &Path) -> io::Result<(Vec<(RecordId, SpoolRecord)>, u64, u64)> {
+/// The good records of a segment, the length of the good prefix, and the file's length.
+type SegmentContents = (Vec<(RecordId, SpoolRecord)>, u64, u64);
+
+/// Reads the good records of a segment.
+fn read_segment(path: &Path) -> io::Result<SegmentContents> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut records = Vec::new();
@@ -476,7 +478,7 @@ fn read_segment(path: &Path) -> io::Result<(Vec<(RecordId, SpoolRecord)>, u64, u
         let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
         let end = offset + HEADER_BYTES + len;
-        if len < 8 || len > MAX_RECORD_BYTES || end > bytes.len() {
+        if !(8..=MAX_RECORD_BYTES).contains(&len) || end > bytes.len() {
             break;
         }
         let payload = &bytes[offset + HEADER_BYTES..end];

@@ -26,10 +26,10 @@ fn record(n: u32) -> SpoolRecord {
             batch_id: format!("b{n}"),
             request_id: format!("r{n}"),
             received_at: 1_700_000_000 + n,
-            url_encoded: n % 2 == 0,
+            url_encoded: n.is_multiple_of(2),
         },
         content_type: Some("application/x-ndjson".into()),
-        content_encoding: (n % 3 == 0).then(|| "gzip".to_string()),
+        content_encoding: n.is_multiple_of(3).then(|| "gzip".to_string()),
         accepted_rows: n,
         body: Bytes::from(vec![b'x'; (n as usize * 37) % 900]),
     }
@@ -205,8 +205,8 @@ proptest! {
                 }
                 Op::Crash | Op::Tear(_) => {
                     drop(spool);
-                    if let Op::Tear(cut) = op {
-                        if let Some(path) = segment_files(dir.path()).last() {
+                    if let Op::Tear(cut) = op
+                        && let Some(path) = segment_files(dir.path()).last() {
                             let len = fs::metadata(path).unwrap().len();
                             let new_len = len.saturating_sub(cut as u64);
                             OpenOptions::new().write(true).open(path).unwrap().set_len(new_len).unwrap();
@@ -216,7 +216,6 @@ proptest! {
                             let kept: HashSet<RecordId> = records.iter().map(|(id, _)| *id).collect();
                             model.retain(|id, _| *id < first || kept.contains(id));
                         }
-                    }
                     let (reopened, recovery) = Spool::open(config(dir.path())).unwrap();
                     let found: BTreeMap<RecordId, SpoolRecord> = recovery.unconfirmed.into_iter().collect();
                     prop_assert_eq!(&found, &model);

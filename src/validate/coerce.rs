@@ -150,44 +150,44 @@ pub(super) fn zero_value(ch_type: &ChType, scratch: &mut String) -> Staged {
 }
 
 fn check_range(column: &Column, v: f64) -> Result<(), String> {
-    if let Some(min) = column.spec.min {
-        if v < min {
-            return Err(format!("value {v} is below the minimum {min}"));
-        }
+    if let Some(min) = column.spec.min
+        && v < min
+    {
+        return Err(format!("value {v} is below the minimum {min}"));
     }
-    if let Some(max) = column.spec.max {
-        if v > max {
-            return Err(format!("value {v} is above the maximum {max}"));
-        }
+    if let Some(max) = column.spec.max
+        && v > max
+    {
+        return Err(format!("value {v} is above the maximum {max}"));
     }
     Ok(())
 }
 
 fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
-    if let ChType::FixedString(n) = ty {
-        if text.len() > *n {
-            return Err(format!(
-                "value is {} bytes, longer than FixedString({n})",
-                text.len()
-            ));
-        }
+    if let ChType::FixedString(n) = ty
+        && text.len() > *n
+    {
+        return Err(format!(
+            "value is {} bytes, longer than FixedString({n})",
+            text.len()
+        ));
     }
-    if let Some(max) = column.spec.max_length {
-        if text.len() > max {
-            return Err(format!(
-                "value is {} bytes, longer than the maximum {max}",
-                text.len()
-            ));
-        }
+    if let Some(max) = column.spec.max_length
+        && text.len() > max
+    {
+        return Err(format!(
+            "value is {} bytes, longer than the maximum {max}",
+            text.len()
+        ));
     }
-    if let Some(pattern) = &column.pattern {
-        if !pattern.is_match(text) {
-            return Err(format!(
-                "{} does not match {}",
-                quoted(text),
-                pattern.as_str()
-            ));
-        }
+    if let Some(pattern) = &column.pattern
+        && !pattern.is_match(text)
+    {
+        return Err(format!(
+            "{} does not match {}",
+            quoted(text),
+            pattern.as_str()
+        ));
     }
     if column.spec.format == Some(ValueFormat::Ip) && text.parse::<std::net::IpAddr>().is_err() {
         return Err(format!("{} is not an IP address", quoted(text)));
@@ -306,12 +306,11 @@ fn parse_number(text: &str) -> Option<Number> {
     if let Ok(v) = text.parse::<i64>() {
         return Some(Number::Signed(v));
     }
-    if text.contains(['.', 'e', 'E']) {
-        if let Ok(v) = text.parse::<f64>() {
-            if v.is_finite() {
-                return Some(Number::Float(v));
-            }
-        }
+    if text.contains(['.', 'e', 'E'])
+        && let Ok(v) = text.parse::<f64>()
+        && v.is_finite()
+    {
+        return Some(Number::Float(v));
     }
     None
 }

@@ -23,7 +23,7 @@ use arrow_schema::{DataType, Field, SchemaRef};
 use serde::Serialize;
 use simd_json::prelude::Writable;
 
-use crate::decode::{BorrowedValue, RecordVisitor};
+use crate::decode::{self, BorrowedValue, RecordVisitor};
 use crate::schema::{ChType, ContextField, Schema, UnknownFields};
 
 use coerce::{Raw, Staged};
@@ -417,6 +417,7 @@ impl BatchBuilder<'_> {
     /// and appends the row if it is valid.
     fn end_row(&mut self, line: usize) {
         let columns = &self.compiled.schema.columns;
+        #[allow(clippy::needless_range_loop)] // the body needs `&mut self` beside `columns`
         for index in 0..columns.len() {
             if self.row_error.is_some() {
                 break;
@@ -536,6 +537,42 @@ impl RecordVisitor for BatchBuilder<'_> {
     fn malformed_record(&mut self, line: usize, reason: &str) {
         self.reject(line, None, reason.to_string());
     }
+}
+
+/// Limits that apply while decoding one body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_decompressed_bytes: usize,
+    pub max_records: usize,
+    pub max_errors: usize,
+}
+
+/// Decompresses, frames and validates one body: CPU work, run it off the async workers.
+/// `None` for Logpush's destination probe (`{"content":"tests"}`).
+pub fn validate_body(
+    compiled: &CompiledSchema,
+    mut context: RequestContext,
+    body: &[u8],
+    encoding: decode::ContentEncoding,
+    content_type: Option<&str>,
+    limits: BodyLimits,
+) -> Result<Option<ValidatedBatch>, decode::DecodeError> {
+    let mut body = decode::decompress(body, encoding, limits.max_decompressed_bytes)?;
+    if decode::is_logpush_probe(&body) {
+        return Ok(None);
+    }
+    let format = decode::body_format(content_type, &body)?;
+    // Structured lines hold no spaces only because their values are URL-encoded.
+    context.url_encoded |= format == decode::BodyFormat::Delimited;
+    let delimited_fields = compiled.delimited_fields();
+    let options = decode::DecodeOptions {
+        delimiter: compiled.delimiter(),
+        delimited_fields: &delimited_fields,
+        max_records: limits.max_records,
+    };
+    let mut builder = compiled.begin(&context, limits.max_errors);
+    decode::decode(format, &mut body, &options, &mut builder)?;
+    Ok(Some(builder.finish()))
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ pub struct TestServer {
     pub base_url: String,
 }
 
-/// Config for a test server; `extra` is appended TOML (more sections, principals).
+/// Config for a test server; `extra` is appended TOML (more sections, principals). Without a
+/// `[spool]` section in `extra`, batches are answered once ClickHouse has them (`ack =
+/// "clickhouse"`), so tests can read the rows right after a 200.
 pub fn config_text(certs: &Path, clickhouse: &TestClickHouse, extra: &str) -> String {
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     format!(
@@ -26,6 +28,7 @@ pub fn config_text(certs: &Path, clickhouse: &TestClickHouse, extra: &str) -> St
 schemas = "{schemas}"
 [ingest]
 listen = "127.0.0.1:0"
+ack = "{ack}"
 [ingest.tls]
 cert = "{certs}/server.crt"
 key = "{certs}/server.key"
@@ -55,6 +58,11 @@ streams = ["edge_events"]
         certs = certs.display(),
         url = clickhouse.url,
         database = clickhouse.database,
+        ack = if extra.contains("[spool]") {
+            "spool"
+        } else {
+            "clickhouse"
+        },
     )
 }
 
