@@ -58,16 +58,16 @@ impl Sink for ClickHouseSink {
     ) -> Result<HashMap<String, u64>, SinkError> {
         let mut found = HashMap::new();
         for chunk in request_ids.chunks(1000) {
-            let rows: Vec<(String, u64)> = self
-                .client
-                .query(&format!(
-                    "SELECT `{column}`, count() FROM {}.{} WHERE `{column}` IN ? GROUP BY `{column}`",
-                    target.database, target.table
-                ))
-                .bind(chunk)
-                .fetch_all()
-                .await
-                .map_err(classify)?;
+            // 18.16 takes `IN ('a', 'b')`, not an array: one placeholder per id.
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let mut query = self.client.query(&format!(
+                "SELECT `{column}`, count() FROM {}.{} WHERE `{column}` IN ({placeholders}) GROUP BY `{column}`",
+                target.database, target.table
+            ));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            let rows: Vec<(String, u64)> = query.fetch_all().await.map_err(classify)?;
             found.extend(rows);
         }
         Ok(found)

@@ -36,7 +36,13 @@ pub fn clickhouse_url() -> String {
 impl TestClickHouse {
     /// Creates a fresh, empty database named after the test.
     pub async fn new(test_name: &str) -> TestClickHouse {
-        let url = clickhouse_url();
+        TestClickHouse::with_url(&clickhouse_url(), test_name).await
+    }
+
+    /// The same on another server (a test's private instance).
+    pub async fn with_url(url: &str, test_name: &str) -> TestClickHouse {
+        init_crypto();
+        let url = url.to_string();
         let database = format!(
             "t_{test_name}_{}_{}",
             std::process::id(),

@@ -1,0 +1,455 @@
+//! Fault suite: the real `sluice` binary, SIGKILLed mid-load and restarted; ClickHouse stopped
+//! mid-load and started again; a spool too small for an outage. Every row that got a 200 must
+//! be in ClickHouse exactly once.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestClickHouse;
+use sluice_loadtest::generator::{self, Encoding, Format, Generator};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sluice process with a config file, certificates and a spool in a temp dir.
+struct Sluice {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    ingest_port: u16,
+    admin_port: u16,
+    child: Option<Child>,
+}
+
+impl Sluice {
+    fn new(clickhouse_url: &str, database: &str, spool_extra: &str) -> Sluice {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        sluice::certs::write_dev_certs(&certs).unwrap();
+        let (ingest_port, admin_port) = (free_port(), free_port());
+        let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let text = format!(
+            r#"
+schemas = "{schemas}"
+[ingest]
+listen = "127.0.0.1:{ingest_port}"
+ack = "spool"
+[ingest.tls]
+cert = "{certs}/server.crt"
+key = "{certs}/server.key"
+client_ca = "{certs}/ca.crt"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[clickhouse]
+url = "{clickhouse_url}"
+database = "{database}"
+apply_schema = true
+insert_timeout_secs = 5
+[batch]
+max_age_ms = 100
+[spool]
+dir = "{spool}"
+segment_bytes = 262144
+{spool_extra}
+[[principals]]
+name = "edge-a"
+cert_names = ["edge-a.sluice.local"]
+streams = ["*"]
+url_encoded = true
+"#,
+            schemas = schemas.display(),
+            certs = certs.display(),
+            spool = dir.path().join("spool").display(),
+        );
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(&config, text).unwrap();
+        Sluice {
+            dir,
+            config,
+            ingest_port,
+            admin_port,
+            child: None,
+        }
+    }
+
+    async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sluice.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sluice starts");
+        self.child = Some(child);
+        let health = format!("http://127.0.0.1:{}/healthz", self.admin_port);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sluice exited with {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sluice did not come up:\n{}", self.log());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "sluice exits cleanly on SIGTERM: {status}\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let certs = self.dir.path().join("certs");
+        let tls = sluice::certs::client_config(
+            &certs.join("ca.crt"),
+            Some((&certs.join("client-a.crt"), &certs.join("client-a.key"))),
+        )
+        .unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "https://localhost:{}/v1/streams/edge_access",
+            self.ingest_port
+        )
+    }
+
+    fn spool_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.path().join("spool"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                    .map(|e| e.metadata().unwrap().len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a sender saw: request ids of the rows whose batch got a 200, and the status counts.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: HashSet<String>,
+    statuses: HashMap<String, usize>,
+}
+
+/// Posts generated 500-row batches until `stop` is set; seeds never repeat across calls.
+async fn send_until(
+    client: reqwest::Client,
+    url: String,
+    first_seed: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut seed = first_seed;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let rows = Generator::new(seed).edge_access(500);
+        seed += 1;
+        let body = generator::compress(
+            &generator::encode_access(&rows, Format::Ndjson),
+            Encoding::Gzip,
+        );
+        let outcome = client
+            .post(&url)
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+            .await;
+        let key = match outcome {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status == 200 {
+                    let ids = rows.into_iter().map(|r| r.req_id);
+                    ledger.lock().unwrap().acknowledged.extend(ids);
+                }
+                status.to_string()
+            }
+            Err(_) => "error".to_string(),
+        };
+        *ledger.lock().unwrap().statuses.entry(key).or_default() += 1;
+        if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Waits until ClickHouse holds every acknowledged row, then checks that no row is doubled.
+async fn assert_exactly_once(clickhouse: &TestClickHouse, ledger: &Ledger, sluice: &Sluice) {
+    let db = &clickhouse.database;
+    let started = Instant::now();
+    let stored: HashSet<String> = loop {
+        let rows = clickhouse
+            .rows(&format!("SELECT DISTINCT request_id FROM {db}.edge_access"))
+            .await;
+        let stored: HashSet<String> = rows
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_string())
+            .collect();
+        if ledger.acknowledged.is_subset(&stored) || started.elapsed() > Duration::from_secs(60) {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let missing = ledger.acknowledged.difference(&stored).count();
+    assert_eq!(
+        missing,
+        0,
+        "acknowledged rows missing from ClickHouse\n{}",
+        sluice.log()
+    );
+    let doubled = clickhouse
+        .rows(&format!(
+            "SELECT request_id, count() AS c FROM {db}.edge_access GROUP BY request_id HAVING c > 1 LIMIT 5"
+        ))
+        .await;
+    assert!(
+        doubled.is_empty(),
+        "rows stored twice: {doubled:?}\n{}",
+        sluice.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_and_doubles_nothing() {
+    let clickhouse = TestClickHouse::new("sigkill").await;
+    let mut sluice = Sluice::new(&clickhouse.url, &clickhouse.database, "");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..4u64 {
+        sluice.start().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders: Vec<_> = (0..2)
+            .map(|i| {
+                tokio::spawn(send_until(
+                    sluice.client(),
+                    sluice.url(),
+                    1_000_000 * (round * 2 + i + 1),
+                    ledger.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sluice.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for sender in senders {
+            sender.await.unwrap();
+        }
+    }
+    // A last start replays what the kills left in the spool.
+    sluice.start().await;
+    assert!(
+        sluice.log().contains("replaying the spool"),
+        "a restart found unconfirmed records to replay:\n{}",
+        sluice.log()
+    );
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    assert!(
+        ledger.acknowledged.len() >= 10_000,
+        "the load was too small to mean anything: {:?}",
+        ledger.statuses
+    );
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    // Once everything is confirmed, the spool shrinks to its active segment.
+    let started = Instant::now();
+    while sluice.spool_bytes() > 262_144 + 65_536 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sluice.spool_bytes() <= 262_144 + 65_536,
+        "spool drained: {} bytes",
+        sluice.spool_bytes()
+    );
+    sluice.terminate();
+    eprintln!(
+        "statuses over 4 SIGKILLs: {:?}, rows acknowledged: {}",
+        ledger.statuses,
+        ledger.acknowledged.len()
+    );
+}
+
+/// Starts a private ClickHouse instance (this test stops it).
+struct OwnClickHouse {
+    name: String,
+    pub url: String,
+}
+
+impl OwnClickHouse {
+    fn start(name: &str) -> OwnClickHouse {
+        let (http, tcp) = (free_port(), free_port());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/clickhouse.sh");
+        let status = Command::new(&script)
+            .args([
+                "start",
+                name,
+                "--http-port",
+                &http.to_string(),
+                "--tcp-port",
+                &tcp.to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ClickHouse instance {name} starts");
+        OwnClickHouse {
+            name: name.to_string(),
+            url: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    fn control(&self, action: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/clickhouse.sh");
+        let status = Command::new(&script)
+            .args([action, &self.name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "clickhouse.sh {action} {}", self.name);
+    }
+}
+
+impl Drop for OwnClickHouse {
+    fn drop(&mut self) {
+        self.control("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_outage_costs_only_delay() {
+    let own = OwnClickHouse::start(&format!("outage-{}", std::process::id()));
+    // Point the test helper at the private instance.
+    let clickhouse = TestClickHouse::with_url(&own.url, "outage").await;
+    let mut sluice = Sluice::new(&own.url, &clickhouse.database, "");
+    sluice.start().await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = tokio::spawn(send_until(
+        sluice.client(),
+        sluice.url(),
+        7_000_000,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    own.control("stop");
+    // Longer than the flush interval and the readiness probe; batches keep being accepted.
+    let ready = format!("http://127.0.0.1:{}/readyz", sluice.admin_port);
+    let started = Instant::now();
+    let mut saw_not_ready = false;
+    while started.elapsed() < Duration::from_secs(7) {
+        saw_not_ready |= reqwest::get(&ready).await.unwrap().status() == 503;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let acknowledged_during_outage = ledger.lock().unwrap().acknowledged.len();
+    own.control("start");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.await.unwrap();
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    assert!(saw_not_ready, "/readyz reported the outage");
+    assert!(
+        acknowledged_during_outage > 0,
+        "batches were accepted into the spool during the outage"
+    );
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_and_recovers() {
+    let own = OwnClickHouse::start(&format!("full-{}", std::process::id()));
+    let clickhouse = TestClickHouse::with_url(&own.url, "spool_full").await;
+    let mut sluice = Sluice::new(&own.url, &clickhouse.database, "max_bytes = 400000");
+    sluice.start().await;
+    own.control("stop");
+    let client = sluice.client();
+    let mut ledger = Ledger::default();
+    let mut refusal = None;
+    for seed in 0..200 {
+        let rows = Generator::new(9_000_000 + seed).edge_access(500);
+        let body = generator::compress(
+            &generator::encode_access(&rows, Format::Ndjson),
+            Encoding::Gzip,
+        );
+        let response = client
+            .post(sluice.url())
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            ledger
+                .acknowledged
+                .extend(rows.into_iter().map(|r| r.req_id));
+            continue;
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        refusal = Some((
+            response.status().as_u16(),
+            retry_after,
+            response.text().await.unwrap(),
+        ));
+        break;
+    }
+    let (status, retry_after, body) = refusal.expect("the spool fills up");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert!(body.contains("\"code\":\"spool_full\""), "{body}");
+    assert!(sluice.spool_bytes() <= 400_000);
+    own.control("start");
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    sluice.terminate();
+}
