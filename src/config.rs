@@ -38,6 +38,36 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     /// The durable log of accepted batches (needed by `ingest.ack = "spool"`).
     pub spool: Option<SpoolConfig>,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+}
+
+/// Batch-id deduplication (`X-Sluice-Batch-Id`). Kept in the spool directory when there is one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long a batch id is remembered, in seconds.
+    #[serde(default = "default_dedup_window_secs")]
+    pub window_secs: u64,
+    /// Most batch ids remembered; the oldest are forgotten first.
+    #[serde(default = "default_dedup_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window_secs: default_dedup_window_secs(),
+            max_entries: default_dedup_max_entries(),
+        }
+    }
+}
+
+fn default_dedup_window_secs() -> u64 {
+    24 * 3600
+}
+fn default_dedup_max_entries() -> usize {
+    1_000_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

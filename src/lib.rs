@@ -20,6 +20,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod decode;
+pub mod dedup;
 pub mod encode;
 pub mod pipeline;
 pub mod schema;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::accept::{self, AppState, admin};
 use crate::check;
 use crate::config::Config;
+use crate::dedup::DedupStore;
 use crate::pipeline::Pipeline;
 use crate::schema::ContextField;
 use crate::schema::SchemaSet;
@@ -103,10 +104,16 @@ impl Server {
             }
         });
 
+        let dedup = DedupStore::open(
+            config.spool.as_ref().map(|s| s.dir.as_path()),
+            Duration::from_secs(config.dedup.window_secs),
+            config.dedup.max_entries,
+        )?;
         let state = Arc::new(AppState {
             config: Arc::new(config),
             pipeline,
             spool,
+            dedup,
         });
         let ingest = tokio::spawn(accept::serve_ingest(
             ingest_listener,
@@ -225,10 +232,11 @@ async fn replay(
                     encoding,
                     record_for_task.content_type.as_deref(),
                     limits,
+                    false,
                 )
             })
             .await??;
-            let Some(validated) = validated.filter(|v| v.accepted > 0) else {
+            let Some((validated, _)) = validated.filter(|(v, _)| v.accepted > 0) else {
                 spool.confirm(&[id]);
                 continue;
             };

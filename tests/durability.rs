@@ -453,3 +453,73 @@ async fn a_full_spool_answers_503_and_recovers() {
     assert_exactly_once(&clickhouse, &ledger, &sluice).await;
     sluice.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_id_is_stored_once_even_across_a_crash() {
+    let clickhouse = TestClickHouse::new("retry").await;
+    let mut sluice = Sluice::new(&clickhouse.url, &clickhouse.database, "");
+    sluice.start().await;
+    let client = sluice.client();
+    let rows = Generator::new(42).edge_access(300);
+    let plain = generator::encode_access(&rows, Format::Ndjson);
+    let post = |body: Vec<u8>, encoding: &'static str, batch_id: &'static str| {
+        client
+            .post(sluice.url())
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", encoding)
+            .header("x-sluice-batch-id", batch_id)
+            .body(body)
+    };
+    let first = post(
+        generator::compress(&plain, Encoding::Gzip),
+        "gzip",
+        "batch-1",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 200);
+    // The sender never saw that answer; sluice is killed; the sender retries the same content,
+    // compressed differently.
+    sluice.kill();
+    sluice.start().await;
+    let client = sluice.client();
+    let post = |body: Vec<u8>, encoding: &'static str, batch_id: &'static str| {
+        client
+            .post(sluice.url())
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", encoding)
+            .header("x-sluice-batch-id", batch_id)
+            .body(body)
+    };
+    let retry = post(
+        generator::compress(&plain, Encoding::Zstd),
+        "zstd",
+        "batch-1",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(retry.status(), 200);
+    let answer: serde_json::Value = serde_json::from_str(&retry.text().await.unwrap()).unwrap();
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    assert_eq!(answer["accepted"], 0, "{answer}");
+
+    let other = generator::encode_access(&Generator::new(43).edge_access(10), Format::Ndjson);
+    let conflict = post(other, "identity", "batch-1").send().await.unwrap();
+    assert_eq!(conflict.status(), 409);
+    let answer: serde_json::Value = serde_json::from_str(&conflict.text().await.unwrap()).unwrap();
+    assert_eq!(answer["code"], "batch_id_conflict");
+    assert_eq!(
+        answer["message"],
+        "batch id \"batch-1\" was already stored with other content"
+    );
+
+    let ledger = Ledger {
+        acknowledged: rows.iter().map(|r| r.req_id.clone()).collect(),
+        ..Default::default()
+    };
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    assert_eq!(clickhouse.count("edge_access").await, 300);
+    sluice.terminate();
+}

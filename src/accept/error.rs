@@ -36,6 +36,8 @@ pub enum ApiError {
         batch_id: String,
         errors: Vec<RowError>,
     },
+    #[error("batch id {batch_id:?} was already stored with other content")]
+    BatchIdConflict { batch_id: String },
     #[error("ingest queue is full, retry later")]
     Overloaded,
     #[error("spool is full while clickhouse catches up, retry later")]
@@ -85,6 +87,7 @@ impl ApiError {
             ApiError::AllRowsRejected { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "all_rows_rejected")
             }
+            ApiError::BatchIdConflict { .. } => (StatusCode::CONFLICT, "batch_id_conflict"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),

@@ -17,6 +17,7 @@ use super::tls::PeerIdentity;
 use crate::auth;
 use crate::config::AckMode;
 use crate::decode;
+use crate::dedup::Claim;
 use crate::pipeline::SubmitError;
 use crate::sink::SinkError;
 use crate::spool::{SpoolError, SpoolRecord};
@@ -34,6 +35,9 @@ pub struct Accepted {
     pub batch_id: String,
     pub request_id: String,
     pub errors: Vec<RowError>,
+    /// The batch id was already stored with this content: nothing was stored again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 pub async fn ingest(
@@ -128,6 +132,8 @@ async fn handle(
             .collect::<Vec<_>>()
             .join(", "),
     })?;
+    // Only a sender's own batch id can be retried; generated ones are never deduplicated.
+    let sender_batch_id = header_value(headers, BATCH_ID_HEADER).is_some();
     let batch_id = match header_value(headers, BATCH_ID_HEADER) {
         Some(id) if valid_id(id) => id.to_string(),
         Some(_) => {
@@ -193,6 +199,7 @@ async fn handle(
             encoding,
             content_type.as_deref(),
             limits,
+            sender_batch_id,
         )
     })
     .await
@@ -201,7 +208,7 @@ async fn handle(
         ApiError::Internal
     })??;
 
-    let Some(validated) = validated else {
+    let Some((validated, digest)) = validated else {
         // Logpush's destination probe: acknowledged, nothing stored.
         return Ok(Accepted {
             accepted: 0,
@@ -209,6 +216,7 @@ async fn handle(
             batch_id,
             request_id: request_id.to_string(),
             errors: Vec::new(),
+            duplicate: false,
         });
     };
     if validated.accepted == 0 && validated.rejected > 0 {
@@ -232,8 +240,35 @@ async fn handle(
             batch_id,
             request_id: request_id.to_string(),
             errors,
+            duplicate: false,
         });
     }
+    let claim = match digest {
+        Some(digest) => Some(
+            state
+                .dedup
+                .claim(&principal.name, stream, &batch_id, digest)
+                .await,
+        ),
+        None => None,
+    };
+    let claim = match claim {
+        Some(Claim::Duplicate) => {
+            metrics::counter!("sluice_duplicate_batches_total", "stream" => stream.to_string())
+                .increment(1);
+            return Ok(Accepted {
+                accepted: 0,
+                rejected: 0,
+                batch_id,
+                request_id: request_id.to_string(),
+                errors: Vec::new(),
+                duplicate: true,
+            });
+        }
+        Some(Claim::Conflict) => return Err(ApiError::BatchIdConflict { batch_id }),
+        Some(Claim::New(guard)) => Some(guard),
+        None => None,
+    };
     let permit = version.reserve().map_err(submit_error)?;
     match state.config.ingest.ack {
         AckMode::Spool => {
@@ -281,12 +316,16 @@ async fn handle(
             }
         }
     }
+    if let Some(claim) = claim {
+        claim.commit();
+    }
     Ok(Accepted {
         accepted,
         rejected,
         batch_id,
         request_id: request_id.to_string(),
         errors,
+        duplicate: false,
     })
 }
 

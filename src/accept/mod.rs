@@ -16,6 +16,7 @@ use axum::routing::post;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
+use crate::dedup::DedupStore;
 use crate::pipeline::Pipeline;
 use crate::spool::Spool;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// The durable log of accepted batches (with `ingest.ack = "spool"`).
     pub spool: Option<Arc<Spool>>,
+    /// Batch ids seen within the dedup window.
+    pub dedup: DedupStore,
 }
 
 /// The ingest router.

@@ -549,6 +549,7 @@ pub struct BodyLimits {
 
 /// Decompresses, frames and validates one body: CPU work, run it off the async workers.
 /// `None` for Logpush's destination probe (`{"content":"tests"}`).
+/// `digest`: also return the SHA-256 of the decompressed body (for batch-id deduplication).
 pub fn validate_body(
     compiled: &CompiledSchema,
     mut context: RequestContext,
@@ -556,11 +557,13 @@ pub fn validate_body(
     encoding: decode::ContentEncoding,
     content_type: Option<&str>,
     limits: BodyLimits,
-) -> Result<Option<ValidatedBatch>, decode::DecodeError> {
+    digest: bool,
+) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
     let mut body = decode::decompress(body, encoding, limits.max_decompressed_bytes)?;
     if decode::is_logpush_probe(&body) {
         return Ok(None);
     }
+    let digest = digest.then(|| crate::dedup::digest(&body));
     let format = decode::body_format(content_type, &body)?;
     // Structured lines hold no spaces only because their values are URL-encoded.
     context.url_encoded |= format == decode::BodyFormat::Delimited;
@@ -572,7 +575,7 @@ pub fn validate_body(
     };
     let mut builder = compiled.begin(&context, limits.max_errors);
     decode::decode(format, &mut body, &options, &mut builder)?;
-    Ok(Some(builder.finish()))
+    Ok(Some((builder.finish(), digest)))
 }
 
 #[cfg(test)]
