@@ -96,10 +96,10 @@ impl DedupStore {
             let mut live: Vec<(u64, Key, Digest)> = Vec::new();
             if let Ok(file) = File::open(&path) {
                 for line in BufReader::new(file).lines() {
-                    if let Some(entry) = parse_line(&line?) {
-                        if now.saturating_sub(entry.0) < window.as_secs() {
-                            live.push(entry);
-                        }
+                    if let Some(entry) = parse_line(&line?)
+                        && now.saturating_sub(entry.0) < window.as_secs()
+                    {
+                        live.push(entry);
                     }
                 }
             }
@@ -211,10 +211,10 @@ impl ClaimGuard<'_> {
         let at = unix_now();
         let mut inner = self.store.inner.lock().unwrap();
         let line = format_line(at, &key, &self.digest);
-        if let Some(log) = &mut inner.log {
-            if let Err(err) = log.write_all(line.as_bytes()) {
-                tracing::error!(error = %err, "cannot append to dedup.log");
-            }
+        if let Some(log) = &mut inner.log
+            && let Err(err) = log.write_all(line.as_bytes())
+        {
+            tracing::error!(error = %err, "cannot append to dedup.log");
         }
         inner.order.push_back((at, key.clone()));
         inner.entries.insert(
