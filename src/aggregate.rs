@@ -5,24 +5,74 @@
 //! accumulator keeps raw rows and decides when to flush: on rows, bytes or the age of the oldest
 //! row, whichever comes first. Rollups declared in schemas fold in here as well.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::sink::SinkError;
+use crate::sink::{BatchKey, SinkError};
 use crate::spool::RecordId;
 
 /// What a request learns once its rows are delivered: the insert id that carried them.
 pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
 
-/// One request's validated rows on their way to the accumulator.
+/// Follows one request's rows through delivery. They may travel in several inserts (accepted
+/// rows to the stream's table, rejected rows to its quarantine table); the request is delivered
+/// when every part is.
+pub struct Receipt {
+    remaining: AtomicUsize,
+    /// The batch's (principal, batch id), how ClickHouse can be asked whether it has the rows.
+    pub key: Option<BatchKey>,
+    /// The spool record the rows were derived from, confirmed once every part is delivered.
+    pub spool_id: Option<RecordId>,
+    /// Told when every part is confirmed by ClickHouse, or when one finally fails.
+    done: Mutex<Option<oneshot::Sender<Delivery>>>,
+}
+
+impl Receipt {
+    pub fn new(
+        parts: usize,
+        key: Option<BatchKey>,
+        spool_id: Option<RecordId>,
+        done: Option<oneshot::Sender<Delivery>>,
+    ) -> Arc<Receipt> {
+        Arc::new(Receipt {
+            remaining: AtomicUsize::new(parts),
+            key,
+            spool_id,
+            done: Mutex::new(done),
+        })
+    }
+
+    /// Records the outcome of one part; true when it completed the receipt (every part
+    /// delivered). A failed part leaves the receipt incomplete for good.
+    pub fn part_delivered(&self, outcome: &Delivery) -> bool {
+        match outcome {
+            Err(_) => {
+                if let Some(done) = self.done.lock().unwrap().take() {
+                    let _ = done.send(outcome.clone());
+                }
+                false
+            }
+            Ok(_) => {
+                let completed = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+                if completed {
+                    if let Some(done) = self.done.lock().unwrap().take() {
+                        let _ = done.send(outcome.clone());
+                    }
+                }
+                completed
+            }
+        }
+    }
+}
+
+/// One part of a request's rows on its way to an accumulator.
 pub struct Submission {
     pub batch: RecordBatch,
-    /// The spool record the rows were derived from, confirmed once ClickHouse has them.
-    pub spool_id: Option<RecordId>,
-    /// Told when the rows are confirmed by ClickHouse (or finally refused), when someone waits.
-    pub done: Option<oneshot::Sender<Delivery>>,
+    pub receipt: Arc<Receipt>,
     /// A place in the stream's queue, given back when the accumulator takes the rows.
     pub permit: Option<OwnedSemaphorePermit>,
 }
@@ -41,10 +91,9 @@ pub struct Pending {
     pub batches: Vec<RecordBatch>,
     pub rows: usize,
     pub bytes: usize,
-    pub spool_ids: Vec<RecordId>,
-    pub waiters: Vec<oneshot::Sender<Delivery>>,
-    /// Submissions taken in (also the empty ones).
-    pub submissions: usize,
+    pub receipts: Vec<Arc<Receipt>>,
+    /// Rows of each receipt in this insert (same order as `receipts`).
+    pub part_rows: Vec<usize>,
 }
 
 /// The pending rows of one table.
@@ -67,20 +116,18 @@ impl Accumulator {
     pub fn push(&mut self, submission: Submission, now: Instant) -> Option<Pending> {
         let Submission {
             batch,
-            spool_id,
-            done,
+            receipt,
             permit,
         } = submission;
         drop(permit);
         self.oldest.get_or_insert(now);
-        self.pending.submissions += 1;
-        self.pending.spool_ids.extend(spool_id);
+        self.pending.receipts.push(receipt);
+        self.pending.part_rows.push(batch.num_rows());
         self.pending.rows += batch.num_rows();
         self.pending.bytes += batch.get_array_memory_size();
         if batch.num_rows() > 0 {
             self.pending.batches.push(batch);
         }
-        self.pending.waiters.extend(done);
         if self.pending.rows >= self.limits.max_rows || self.pending.bytes >= self.limits.max_bytes
         {
             return Some(self.take());
@@ -108,7 +155,7 @@ impl Accumulator {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.submissions == 0
+        self.pending.receipts.is_empty()
     }
 }
 
@@ -126,8 +173,7 @@ mod tests {
         let (done, receiver) = oneshot::channel();
         let submission = Submission {
             batch,
-            spool_id: Some(rows.into()),
-            done: Some(done),
+            receipt: Receipt::new(1, None, Some(rows.into()), Some(done)),
             permit: None,
         };
         (submission, receiver)
@@ -147,9 +193,11 @@ mod tests {
             .push(submission(6).0, start)
             .expect("12 rows ≥ 10");
         assert_eq!(
-            (flushed.rows, flushed.batches.len(), flushed.waiters.len()),
+            (flushed.rows, flushed.batches.len(), flushed.receipts.len()),
             (12, 2, 2)
         );
+        let spool_ids: Vec<_> = flushed.receipts.iter().map(|r| r.spool_id).collect();
+        assert_eq!(spool_ids, [Some(6), Some(6)]);
         assert!(accumulator.is_empty() && accumulator.deadline().is_none());
 
         assert!(accumulator.push(submission(1).0, start).is_none());
@@ -174,6 +222,35 @@ mod tests {
         assert!(
             small.push(submission(100).0, start).is_some(),
             "400 bytes ≥ 64"
+        );
+    }
+}
+
+#[cfg(test)]
+mod receipt_tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_completes_when_every_part_is_delivered() {
+        let (done, mut receiver) = oneshot::channel();
+        let receipt = Receipt::new(2, None, Some(7), Some(done));
+        let ok: Delivery = Ok(Arc::from("insert-1"));
+        assert!(!receipt.part_delivered(&ok));
+        assert!(receiver.try_recv().is_err(), "one part is still on its way");
+        assert!(receipt.part_delivered(&ok));
+        assert_eq!(receiver.try_recv().unwrap().unwrap().as_ref(), "insert-1");
+
+        let (done, mut receiver) = oneshot::channel();
+        let receipt = Receipt::new(2, None, Some(8), Some(done));
+        let failed: Delivery = Err(SinkError::Retryable("down".into()));
+        assert!(!receipt.part_delivered(&failed));
+        assert!(
+            receiver.try_recv().unwrap().is_err(),
+            "the waiter hears of the failure at once"
+        );
+        assert!(
+            !receipt.part_delivered(&ok),
+            "a receipt with a failed part never completes"
         );
     }
 }

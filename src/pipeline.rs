@@ -16,25 +16,34 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Submission};
+use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Receipt, Submission};
 use crate::config::Config;
 use crate::encode::{self, Compression, NativeColumn};
-use crate::schema::{Schema, SchemaSet};
-use crate::sink::{InsertRequest, Sink, SinkError, TableTarget};
+use crate::schema::{ContextField, Schema, SchemaSet};
+use crate::sink::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
 use crate::validate::{CompiledSchema, StreamOptions};
 
-/// One stream version: its compiled schema and the way to its accumulator.
+/// One stream version: its compiled schema and the ways to its accumulators.
 pub struct StreamVersion {
     pub compiled: Arc<CompiledSchema>,
+    /// Accepted rows, to the stream's table.
+    pub raw: Lane,
+    /// Rejected rows, to the quarantine table.
+    pub quarantine: Lane,
+    /// Places in the accumulators' queues (`batch.queue_depth`).
+    capacity: Arc<Semaphore>,
+}
+
+/// The way to one table's accumulator.
+pub struct Lane {
     pub target: Arc<TableTarget>,
     submissions: crossbeam_channel::Sender<Submission>,
-    /// Places in the accumulator's queue (`batch.queue_depth`).
-    capacity: Arc<Semaphore>,
 }
 
 /// Every stream's versions.
@@ -82,8 +91,23 @@ impl DeliveryOptions {
 
 struct EncodedInsert {
     request: InsertRequest,
-    spool_ids: Vec<RecordId>,
-    waiters: Vec<oneshot::Sender<Delivery>>,
+    receipts: Vec<Arc<Receipt>>,
+    /// Rows per batch in this insert, to ask ClickHouse whether an insert of unknown outcome
+    /// went in after all.
+    expected: HashMap<BatchKey, u64>,
+}
+
+/// Tells every receipt the outcome of the insert that carried (part of) its rows, and confirms
+/// the spool records whose rows are now all delivered.
+fn settle(receipts: Vec<Arc<Receipt>>, outcome: &Delivery, spool: Option<&Spool>) {
+    let completed: Vec<RecordId> = receipts
+        .iter()
+        .filter(|receipt| receipt.part_delivered(outcome))
+        .filter_map(|receipt| receipt.spool_id)
+        .collect();
+    if let Some(spool) = spool.filter(|_| !completed.is_empty()) {
+        spool.confirm(&completed);
+    }
 }
 
 impl Pipeline {
@@ -108,7 +132,7 @@ impl Pipeline {
             spool,
             shutting_down: shutting_down.clone(),
         });
-        let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered));
+        let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered.clone()));
         let mut streams: HashMap<String, BTreeMap<u32, StreamVersion>> = HashMap::new();
         let mut accumulators = Vec::new();
         for schema in schemas.iter() {
@@ -120,35 +144,58 @@ impl Pipeline {
             let compiled = CompiledSchema::new(schema.clone(), &options)
                 .map_err(|err| anyhow::anyhow!("streams ({}): {err}", schema.stream))?;
             let compiled = Arc::new(compiled);
-            // Unbounded: the semaphore bounds it, so that a place can be taken before the
-            // batch is spooled.
-            let (submissions, receiver) = crossbeam_channel::unbounded();
-            let target = Arc::new(TableTarget::new(
-                &config.clickhouse.database,
-                &schema.table.name,
-                schema.columns.iter().map(|c| c.name()),
-            ));
-            let worker = AccumulatorThread {
-                schema: schema.clone(),
-                compiled: compiled.clone(),
-                target: target.clone(),
-                receiver,
-                inserts: insert_tx.clone(),
-                accumulator: Accumulator::new(limits),
-                delivery,
-            };
-            let name = format!("acc-{}-v{}", schema.stream, schema.version);
-            accumulators.push(
-                std::thread::Builder::new()
+            // One accumulator for the stream's table, one for its quarantine table.
+            let lane = |table_schema: &Arc<Schema>, arrow_schema: &SchemaRef| {
+                // Unbounded: the semaphore bounds it, so that a place can be taken before the
+                // batch is spooled.
+                let (submissions, receiver) = crossbeam_channel::unbounded();
+                let column_of = |context: ContextField| {
+                    let columns = &table_schema.columns;
+                    let column = columns.iter().find(|c| c.spec.context == Some(context));
+                    column.map(|c| c.name().to_string())
+                };
+                let batch_key_columns =
+                    column_of(ContextField::Principal).zip(column_of(ContextField::BatchId));
+                let target = Arc::new(TableTarget::new(
+                    &config.clickhouse.database,
+                    &table_schema.table.name,
+                    table_schema.columns.iter().map(|c| c.name()),
+                    batch_key_columns,
+                ));
+                let worker = AccumulatorThread {
+                    spool: delivered.spool.clone(),
+                    schema: table_schema.clone(),
+                    arrow_schema: arrow_schema.clone(),
+                    target: target.clone(),
+                    receiver,
+                    inserts: insert_tx.clone(),
+                    accumulator: Accumulator::new(limits),
+                    delivery,
+                };
+                let name = format!("acc-{}-v{}", table_schema.stream, table_schema.version);
+                let thread = std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || worker.run())?,
-            );
+                    .spawn(move || worker.run());
+                thread.map(|handle| {
+                    (
+                        handle,
+                        Lane {
+                            target,
+                            submissions,
+                        },
+                    )
+                })
+            };
+            let (raw_thread, raw) = lane(schema, &compiled.arrow_schema)?;
+            let (quarantine_thread, quarantine) =
+                lane(&compiled.quarantine, &compiled.quarantine_arrow_schema)?;
+            accumulators.extend([raw_thread, quarantine_thread]);
             streams.entry(schema.stream.clone()).or_default().insert(
                 schema.version,
                 StreamVersion {
                     compiled,
-                    target,
-                    submissions,
+                    raw,
+                    quarantine,
                     capacity: Arc::new(Semaphore::new(config.batch.queue_depth)),
                 },
             );
@@ -205,29 +252,48 @@ impl StreamVersion {
             .expect("semaphore never closed")
     }
 
-    /// Queues validated rows in a reserved place. `done` is told once ClickHouse has them.
+    /// Queues a request's accepted rows and rejected rows (each may be empty) in a reserved
+    /// place. With a spool record, it is confirmed once both are delivered; `done` hears the
+    /// outcome.
+    #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &self,
-        batch: RecordBatch,
+        accepted: RecordBatch,
+        rejected: RecordBatch,
         permit: OwnedSemaphorePermit,
+        key: BatchKey,
         spool_id: Option<RecordId>,
         done: Option<oneshot::Sender<Delivery>>,
     ) -> Result<(), SubmitError> {
-        let submission = Submission {
-            batch,
-            spool_id,
-            done,
-            permit: Some(permit),
-        };
-        self.submissions
-            .send(submission)
-            .map_err(|_| SubmitError::ShuttingDown)
+        let parts: Vec<(&Lane, RecordBatch)> =
+            [(&self.raw, accepted), (&self.quarantine, rejected)]
+                .into_iter()
+                .filter(|(_, batch)| batch.num_rows() > 0)
+                .collect();
+        let receipt = Receipt::new(parts.len(), Some(key), spool_id, done);
+        if parts.is_empty() {
+            receipt.part_delivered(&Ok(Arc::from("")));
+            return Ok(());
+        }
+        let mut permit = Some(permit);
+        for (lane, batch) in parts {
+            let submission = Submission {
+                batch,
+                receipt: receipt.clone(),
+                permit: permit.take(),
+            };
+            lane.submissions
+                .send(submission)
+                .map_err(|_| SubmitError::ShuttingDown)?;
+        }
+        Ok(())
     }
 }
 
 struct AccumulatorThread {
+    spool: Option<Arc<Spool>>,
     schema: Arc<Schema>,
-    compiled: Arc<CompiledSchema>,
+    arrow_schema: SchemaRef,
     target: Arc<TableTarget>,
     receiver: crossbeam_channel::Receiver<Submission>,
     inserts: mpsc::Sender<EncodedInsert>,
@@ -267,16 +333,19 @@ impl AccumulatorThread {
         let Pending {
             batches,
             rows,
-            waiters,
-            spool_ids,
+            receipts,
+            part_rows,
             ..
         } = pending;
+        let mut expected: HashMap<BatchKey, u64> = HashMap::new();
+        for (receipt, rows) in receipts.iter().zip(&part_rows) {
+            if let Some(key) = &receipt.key {
+                *expected.entry(key.clone()).or_default() += *rows as u64;
+            }
+        }
         if rows == 0 {
-            // Only empty submissions: nothing to insert.
-            let id: Arc<str> = Arc::from("");
-            waiters.into_iter().for_each(|w| {
-                let _ = w.send(Ok(id.clone()));
-            });
+            // Only empty parts: nothing to insert, nothing to wait for.
+            settle(receipts, &Ok(Arc::from("")), self.spool.as_deref());
             return;
         }
         let started = Instant::now();
@@ -288,9 +357,7 @@ impl AccumulatorThread {
                     code: 0,
                     message: format!("encoding failed: {err}"),
                 };
-                waiters.into_iter().for_each(|w| {
-                    let _ = w.send(Err(error.clone()));
-                });
+                settle(receipts, &Err(error), None);
                 return;
             }
         };
@@ -298,14 +365,12 @@ impl AccumulatorThread {
             .record(started.elapsed().as_secs_f64());
         let insert = EncodedInsert {
             request,
-            spool_ids,
-            waiters,
+            receipts,
+            expected,
         };
         if let Err(err) = self.inserts.blocking_send(insert) {
             let error = SinkError::Retryable("sluice is shutting down".to_string());
-            err.0.waiters.into_iter().for_each(|w| {
-                let _ = w.send(Err(error.clone()));
-            });
+            settle(err.0.receipts, &Err(error), None);
         }
     }
 
@@ -323,8 +388,7 @@ impl AccumulatorThread {
         let batch = match batches {
             [single] => single,
             _ => {
-                merged =
-                    arrow_select::concat::concat_batches(&self.compiled.arrow_schema, batches)?;
+                merged = arrow_select::concat::concat_batches(&self.arrow_schema, batches)?;
                 &merged
             }
         };
@@ -372,22 +436,24 @@ async fn dispatch(
         let sink = sink.clone();
         let delivered = delivered.clone();
         running.spawn(async move {
-            let outcome =
-                deliver(sink.as_ref(), &insert.request, options.attempts, &delivered).await;
-            match (&outcome, &delivered.spool) {
-                (Ok(()), Some(spool)) => spool.confirm(&insert.spool_ids),
-                (Err(error), Some(_)) if !insert.spool_ids.is_empty() => tracing::error!(
+            let outcome = deliver(
+                sink.as_ref(),
+                &insert.request,
+                &insert.expected,
+                options.attempts,
+                &delivered,
+            )
+            .await;
+            if let (Err(error), Some(_)) = (&outcome, &delivered.spool) {
+                tracing::error!(
                     insert_id = %insert.request.insert_id,
-                    records = insert.spool_ids.len(),
+                    requests = insert.receipts.len(),
                     %error,
                     "insert not delivered; its records stay in the spool for the next start"
-                ),
-                _ => {}
+                );
             }
             let delivery: Delivery = outcome.map(|()| insert.request.insert_id.clone());
-            for waiter in insert.waiters {
-                let _ = waiter.send(delivery.clone());
-            }
+            settle(insert.receipts, &delivery, delivered.spool.as_deref());
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -401,6 +467,7 @@ async fn dispatch(
 async fn deliver(
     sink: &dyn Sink,
     request: &InsertRequest,
+    expected: &HashMap<BatchKey, u64>,
     attempts: u32,
     delivered: &Delivered,
 ) -> Result<(), SinkError> {
@@ -431,12 +498,43 @@ async fn deliver(
                     tracing::warn!(insert_id = %request.insert_id, attempt, %error, "insert failed");
                     return Err(error);
                 }
+                // The insert may have gone in even though its answer was lost (a connection cut
+                // after the server read it): ask before sending it again, or rows double.
+                if already_stored(sink, request, expected).await {
+                    tracing::info!(insert_id = %request.insert_id, %error, "insert failed to answer but its rows are stored");
+                    return Ok(());
+                }
                 let backoff = backoff(attempt);
                 tracing::info!(insert_id = %request.insert_id, attempt, %error, ?backoff, "insert will be retried");
                 tokio::time::sleep(backoff).await;
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Whether ClickHouse holds every row of the insert (false when it cannot tell).
+async fn already_stored(
+    sink: &dyn Sink,
+    request: &InsertRequest,
+    expected: &HashMap<BatchKey, u64>,
+) -> bool {
+    if expected.is_empty() || request.target.batch_key_columns.is_none() {
+        return false;
+    }
+    let keys: Vec<BatchKey> = expected.keys().cloned().collect();
+    match sink.stored_rows(&request.target, &keys).await {
+        Ok(found) => {
+            let stored = |key: &BatchKey| found.get(key).copied().unwrap_or(0);
+            let all = expected.iter().all(|(key, rows)| stored(key) >= *rows);
+            let none = expected.keys().all(|key| stored(key) == 0);
+            if !all && !none {
+                tracing::error!(insert_id = %request.insert_id,
+                    "clickhouse holds part of an insert of unknown outcome; sending it again whole");
+            }
+            all
+        }
+        Err(_) => false,
     }
 }
 

@@ -13,7 +13,6 @@ use crate::check;
 use crate::config::Config;
 use crate::dedup::DedupStore;
 use crate::pipeline::Pipeline;
-use crate::schema::ContextField;
 use crate::schema::SchemaSet;
 use crate::sink::Sink;
 use crate::sink::clickhouse::{self as ch, ClickHouseSink};
@@ -185,64 +184,72 @@ async fn replay(
                 "spool holds records of a stream version this config lacks; they stay in the spool");
             continue;
         };
-        let request_id_column = version
-            .compiled
-            .schema
-            .columns
-            .iter()
-            .find(|c| c.spec.context == Some(ContextField::RequestId))
-            .map(|c| c.name().to_string());
-        let stored = match &request_id_column {
-            Some(column) => {
-                let ids: Vec<String> = records
-                    .iter()
-                    .map(|(_, r)| r.context.request_id.clone())
-                    .collect();
-                sink.rows_by_request_id(&version.target, column, &ids)
-                    .await
-                    .map_err(|err| {
-                        anyhow::anyhow!("probing ClickHouse before spool replay: {err}")
-                    })?
-            }
-            None => {
-                tracing::warn!(%stream, "schema has no request_id column: replay cannot detect rows stored before a crash");
-                Default::default()
-            }
+        // Rows already stored per batch, in the stream's table and in its quarantine.
+        let key_of = |record: &SpoolRecord| {
+            (
+                record.context.principal.clone(),
+                record.context.batch_id.clone(),
+            )
         };
+        let keys: Vec<_> = records.iter().map(|(_, r)| key_of(r)).collect();
+        if version.raw.target.batch_key_columns.is_none() {
+            tracing::warn!(%stream, "schema has no principal/batch_id audit columns: replay cannot detect rows stored before a crash");
+        }
+        let probe = |target| sink.stored_rows(target, &keys);
+        let raw_stored = probe(&version.raw.target)
+            .await
+            .map_err(|err| anyhow::anyhow!("probing ClickHouse before spool replay: {err}"))?;
+        let quarantine_stored = probe(&version.quarantine.target)
+            .await
+            .map_err(|err| anyhow::anyhow!("probing ClickHouse before spool replay: {err}"))?;
         for (id, record) in records {
-            let found = stored.get(&record.context.request_id).copied().unwrap_or(0);
-            if found >= u64::from(record.accepted_rows) {
+            let key = key_of(&record);
+            let raw_found = raw_stored.get(&key).copied().unwrap_or(0);
+            let quarantine_found = quarantine_stored.get(&key).copied().unwrap_or(0);
+            let raw_done = raw_found >= u64::from(record.accepted_rows);
+            let quarantine_done = quarantine_found >= u64::from(record.rejected_rows);
+            if raw_done && quarantine_done {
                 spool.confirm(&[id]);
                 already_stored += 1;
                 continue;
             }
-            if found > 0 {
-                tracing::error!(request_id = %record.context.request_id, found, accepted = record.accepted_rows,
-                    "clickhouse holds part of a spooled batch; replaying it whole (some rows will be doubled)");
+            if (raw_found > 0 && !raw_done) || (quarantine_found > 0 && !quarantine_done) {
+                tracing::error!(principal = %key.0, batch_id = %key.1, raw_found, quarantine_found, accepted = record.accepted_rows,
+                    "clickhouse holds part of a spooled batch; replaying the part whole (some rows will be doubled)");
             }
             let encoding = crate::decode::content_encoding(record.content_encoding.as_deref())?;
             let compiled = version.compiled.clone();
             let limits = config.limits.body_limits();
-            let record_for_task = record.clone();
             let validated = tokio::task::spawn_blocking(move || {
                 validate::validate_body(
                     &compiled,
-                    record_for_task.context,
-                    &record_for_task.body,
+                    record.context,
+                    &record.body,
                     encoding,
-                    record_for_task.content_type.as_deref(),
+                    record.content_type.as_deref(),
                     limits,
                     false,
                 )
             })
             .await??;
-            let Some((validated, _)) = validated.filter(|(v, _)| v.accepted > 0) else {
+            let Some((validated, _)) = validated else {
                 spool.confirm(&[id]);
                 continue;
             };
+            // Only the parts ClickHouse does not have yet.
+            let raw = if raw_done {
+                validated.batch.slice(0, 0)
+            } else {
+                validated.batch
+            };
+            let quarantine = if quarantine_done {
+                validated.quarantine.slice(0, 0)
+            } else {
+                validated.quarantine
+            };
             let permit = version.reserve_waiting().await;
             version
-                .submit(validated.batch, permit, Some(id), None)
+                .submit(raw, quarantine, permit, key, Some(id), None)
                 .map_err(|err| anyhow::anyhow!("spool replay: {err}"))?;
             replayed += 1;
         }

@@ -76,6 +76,25 @@ async fn three_bad_rows_of_a_thousand_are_reported_and_the_rest_land() {
         ))
         .await;
     assert_eq!(missing, [serde_json::json!({"request_id": "r1000"})]);
+
+    // The rejected rows are in the quarantine table, with the reason and the record as sent.
+    let quarantined = server
+        .clickhouse
+        .rows(&format!(
+            "SELECT stream, principal, batch_id, line, field, error, raw FROM {}.edge_access_quarantine ORDER BY line",
+            server.clickhouse.database
+        ))
+        .await;
+    assert_eq!(quarantined.len(), 3);
+    assert_eq!(quarantined[0]["stream"], "edge_access");
+    assert_eq!(quarantined[0]["principal"], "edge-a");
+    assert_eq!(quarantined[0]["batch_id"], answer["batch_id"]);
+    assert_eq!(quarantined[0]["line"], 17);
+    assert_eq!(quarantined[0]["field"], "statusCode");
+    assert_eq!(quarantined[0]["error"], "expected UInt16, got \"abc\"");
+    assert_eq!(quarantined[0]["raw"], lines[16].as_str());
+    assert_eq!(quarantined[1]["raw"], "{\"reqId\": oops");
+    assert_eq!(quarantined[2]["field"], "reqHost");
     server.stop().await;
 }
 
@@ -192,6 +211,11 @@ async fn every_refusal_has_its_status_and_code() {
     assert_eq!(
         answer["errors"][0]["reason"],
         "value 999 is above the maximum 599"
+    );
+    assert_eq!(
+        server.clickhouse.count("edge_access_quarantine").await,
+        1,
+        "a 422 still keeps its rows in quarantine"
     );
 
     // Unknown schema version → 422.

@@ -57,7 +57,10 @@ async fn printed_ddl_runs_on_the_server_and_creates_both_tables() {
             statements += 1;
         }
     }
-    assert_eq!(statements, 3, "database + two tables:\n{script}");
+    assert_eq!(
+        statements, 5,
+        "database + two tables + their quarantine tables:\n{script}"
+    );
     let tables = clickhouse
         .rows(&format!(
             "SELECT name, engine FROM system.tables WHERE database = '{}' ORDER BY name",
@@ -68,7 +71,9 @@ async fn printed_ddl_runs_on_the_server_and_creates_both_tables() {
         tables,
         [
             serde_json::json!({"name": "edge_access", "engine": "MergeTree"}),
+            serde_json::json!({"name": "edge_access_quarantine", "engine": "MergeTree"}),
             serde_json::json!({"name": "edge_events", "engine": "MergeTree"}),
+            serde_json::json!({"name": "edge_events_quarantine", "engine": "MergeTree"}),
         ]
     );
     let types = clickhouse

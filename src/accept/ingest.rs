@@ -179,13 +179,14 @@ async fn handle(
         let content_encoding =
             header_value(headers, header::CONTENT_ENCODING.as_str()).map(str::to_string);
         let content_type = content_type.clone();
-        move |accepted_rows: u32| SpoolRecord {
+        move |accepted_rows: u32, rejected_rows: u32| SpoolRecord {
             stream,
             schema_version,
             context,
             content_type,
             content_encoding,
             accepted_rows,
+            rejected_rows,
             body,
         }
     };
@@ -219,31 +220,35 @@ async fn handle(
             duplicate: false,
         });
     };
-    if validated.accepted == 0 && validated.rejected > 0 {
-        return Err(ApiError::AllRowsRejected {
-            rejected: validated.rejected,
-            batch_id,
-            errors: validated.errors,
-        });
-    }
     let ValidatedBatch {
         batch,
+        quarantine,
         accepted,
         rejected,
         errors,
     } = validated;
-    if accepted == 0 {
-        // An empty body: nothing to deliver.
-        return Ok(Accepted {
+    let answer = |errors: Vec<RowError>| -> Result<Accepted, ApiError> {
+        if accepted == 0 && rejected > 0 {
+            return Err(ApiError::AllRowsRejected {
+                rejected,
+                batch_id: batch_id.clone(),
+                errors,
+            });
+        }
+        Ok(Accepted {
             accepted,
             rejected,
-            batch_id,
+            batch_id: batch_id.clone(),
             request_id: request_id.to_string(),
             errors,
             duplicate: false,
-        });
+        })
+    };
+    if accepted == 0 && rejected == 0 {
+        // An empty body: nothing to deliver.
+        return answer(errors);
     }
-    let claim = match digest {
+    let claim = match digest.filter(|_| accepted > 0) {
         Some(digest) => Some(
             state
                 .dedup
@@ -269,34 +274,35 @@ async fn handle(
         Some(Claim::New(guard)) => Some(guard),
         None => None,
     };
+    // Accepted and rejected rows (the latter to the quarantine table) travel together: both
+    // are acknowledged the same way.
     let permit = version.reserve().map_err(submit_error)?;
+    let batch_key = (principal.name.clone(), batch_id.clone());
     match state.config.ingest.ack {
         AckMode::Spool => {
             let spool = state
                 .spool
                 .as_ref()
                 .expect("config validation: ack = spool needs a spool");
-            let record_id = spool
-                .append(&spool_record(accepted as u32))
-                .await
-                .map_err(|err| match err {
-                    SpoolError::Full { .. } => ApiError::SpoolFull,
-                    other => {
-                        tracing::error!(error = %other, "spool append failed");
-                        ApiError::Unavailable
-                    }
-                })?;
+            let record = spool_record(accepted as u32, rejected as u32);
+            let record_id = spool.append(&record).await.map_err(|err| match err {
+                SpoolError::Full { .. } => ApiError::SpoolFull,
+                other => {
+                    tracing::error!(error = %other, "spool append failed");
+                    ApiError::Unavailable
+                }
+            })?;
             version
-                .submit(batch, permit, Some(record_id), None)
+                .submit(batch, quarantine, permit, batch_key, Some(record_id), None)
                 .map_err(submit_error)?;
         }
         AckMode::Memory => version
-            .submit(batch, permit, None, None)
+            .submit(batch, quarantine, permit, batch_key, None, None)
             .map_err(submit_error)?,
         AckMode::ClickHouse => {
             let (done, delivered) = tokio::sync::oneshot::channel();
             version
-                .submit(batch, permit, None, Some(done))
+                .submit(batch, quarantine, permit, batch_key, None, Some(done))
                 .map_err(submit_error)?;
             match delivered.await {
                 Ok(Ok(insert_id)) => {
@@ -319,14 +325,7 @@ async fn handle(
     if let Some(claim) = claim {
         claim.commit();
     }
-    Ok(Accepted {
-        accepted,
-        rejected,
-        batch_id,
-        request_id: request_id.to_string(),
-        errors,
-        duplicate: false,
-    })
+    answer(errors)
 }
 
 fn submit_error(err: SubmitError) -> ApiError {

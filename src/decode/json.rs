@@ -5,17 +5,19 @@ use simd_json::{BorrowedValue, Buffers};
 use super::{DecodeError, DecodeOptions, DecodeSummary, RecordVisitor};
 
 /// One record per line; blank lines are skipped. A line that is not JSON is a malformed record,
-/// unless no line at all is JSON: then the body is not NDJSON.
+/// unless no line at all is JSON: then the body is not NDJSON. Each line is parsed from a reused
+/// copy (simd-json rewrites its input), so the body keeps every record's raw text.
 pub(super) fn decode_ndjson(
     body: &mut [u8],
     options: &DecodeOptions<'_>,
     visitor: &mut impl RecordVisitor,
 ) -> Result<DecodeSummary, DecodeError> {
     let mut buffers = Buffers::default();
+    let mut scratch: Vec<u8> = Vec::new();
     let mut summary = DecodeSummary::default();
     let mut first_error: Option<String> = None;
-    for line in body.split_mut(|&b| b == b'\n') {
-        let line = trim_ascii_whitespace_mut(line);
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
@@ -25,15 +27,17 @@ pub(super) fn decode_ndjson(
                 limit: options.max_records,
             });
         }
-        match simd_json::to_borrowed_value_with_buffers(line, &mut buffers) {
-            Ok(record) => visitor.json_record(summary.records, &record),
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
+            Ok(record) => visitor.json_record(summary.records, &record, Some(line)),
             Err(err) => {
                 let reason = format!("invalid JSON: {}", describe(&err));
                 if first_error.is_none() {
                     first_error = Some(format!("line {}: {reason}", summary.records));
                 }
                 summary.malformed += 1;
-                visitor.malformed_record(summary.records, &reason);
+                visitor.malformed_record(summary.records, &reason, line);
             }
         }
     }
@@ -69,7 +73,7 @@ pub(super) fn decode_array(
         });
     }
     for (index, record) in records.iter().enumerate() {
-        visitor.json_record(index + 1, record);
+        visitor.json_record(index + 1, record, None);
     }
     Ok(DecodeSummary {
         records: records.len(),

@@ -69,15 +69,17 @@ pub enum DecodeError {
 }
 
 /// Receives the records of one body, in order. `line` is the 1-based record number (a CSV header
-/// is not counted; blank lines are not records).
+/// is not counted; blank lines are not records). `raw` is the record as it stood in the body
+/// (kept for the quarantine table); `None` for the elements of a JSON array, which have no text
+/// of their own once parsed.
 pub trait RecordVisitor {
     /// Names of the positional fields of the text records that follow (CSV header, or the
     /// configured field order of delimited lines).
     fn text_header(&mut self, names: &[&str]);
-    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>);
-    fn text_record(&mut self, line: usize, fields: &[&str]);
+    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, raw: Option<&[u8]>);
+    fn text_record(&mut self, line: usize, fields: &[&str], raw: &[u8]);
     /// A record inside a well-framed body that could not be parsed.
-    fn malformed_record(&mut self, line: usize, reason: &str);
+    fn malformed_record(&mut self, line: usize, reason: &str, raw: &[u8]);
 }
 
 /// Per-stream framing options.
@@ -233,17 +235,17 @@ pub(crate) mod tests {
         fn text_header(&mut self, names: &[&str]) {
             self.header = names.iter().map(|s| s.to_string()).collect();
         }
-        fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>) {
+        fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, _raw: Option<&[u8]>) {
             self.records.push((
                 line,
                 format!("json {}", simd_json::prelude::Writable::encode(record)),
             ));
         }
-        fn text_record(&mut self, line: usize, fields: &[&str]) {
+        fn text_record(&mut self, line: usize, fields: &[&str], _raw: &[u8]) {
             self.records
                 .push((line, format!("text {}", fields.join("|"))));
         }
-        fn malformed_record(&mut self, line: usize, reason: &str) {
+        fn malformed_record(&mut self, line: usize, reason: &str, _raw: &[u8]) {
             self.records.push((line, format!("malformed {reason}")));
         }
     }

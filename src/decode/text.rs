@@ -29,6 +29,7 @@ pub(super) fn decode_csv(
 
     let mut summary = DecodeSummary::default();
     let mut record = csv::ByteRecord::new();
+    let mut start = reader.position().byte() as usize;
     loop {
         let more = match reader.read_byte_record(&mut record) {
             Ok(more) => more,
@@ -37,6 +38,10 @@ pub(super) fn decode_csv(
         if !more {
             break;
         }
+        // The record's own bytes, for the quarantine table.
+        let end = reader.position().byte() as usize;
+        let raw = body[start.min(end)..end].trim_ascii_end();
+        start = end;
         summary.records += 1;
         if summary.records > options.max_records {
             return Err(DecodeError::TooManyRecords {
@@ -61,9 +66,10 @@ pub(super) fn decode_csv(
                 visitor.malformed_record(
                     summary.records,
                     &format!("field {} is not valid UTF-8", index + 1),
+                    raw,
                 );
             }
-            None => visitor.text_record(summary.records, &fields),
+            None => visitor.text_record(summary.records, &fields, raw),
         }
     }
     Ok(summary)
@@ -92,12 +98,12 @@ pub(super) fn decode_delimited(
         }
         let Ok(text) = std::str::from_utf8(line) else {
             summary.malformed += 1;
-            visitor.malformed_record(summary.records, "line is not valid UTF-8");
+            visitor.malformed_record(summary.records, "line is not valid UTF-8", line);
             continue;
         };
         fields.clear();
         fields.extend(text.split(options.delimiter as char));
-        visitor.text_record(summary.records, &fields);
+        visitor.text_record(summary.records, &fields, line);
     }
     Ok(summary)
 }

@@ -95,7 +95,7 @@ pub fn create_table(schema: &Schema, database: &str, server: ServerVersion) -> S
     Statement { sql, settings }
 }
 
-/// Every statement needed for the schemas' tables, database first. Pass the newest version of
+/// Every statement needed for the schemas' tables and their quarantine tables, database first. Pass the newest version of
 /// each stream ([`super::SchemaSet::latest`]): older versions describe a subset of its columns.
 pub fn statements<'a>(
     schemas: impl Iterator<Item = &'a Schema>,
@@ -104,11 +104,14 @@ pub fn statements<'a>(
 ) -> Vec<Statement> {
     let mut tables = std::collections::HashSet::new();
     let mut out = vec![create_database(database)];
-    out.extend(
-        schemas
-            .filter(|schema| tables.insert(schema.table.name.clone()))
-            .map(|schema| create_table(schema, database, server)),
-    );
+    for schema in schemas.filter(|schema| tables.insert(schema.table.name.clone())) {
+        out.push(create_table(schema, database, server));
+        out.push(create_table(
+            &super::quarantine::schema_for(schema),
+            database,
+            server,
+        ));
+    }
     out
 }
 

@@ -6,6 +6,7 @@
 //! into a [`Schema`], which the validator compiles once per stream version.
 
 pub mod ddl;
+pub mod quarantine;
 pub mod types;
 
 use std::collections::{BTreeMap, HashSet};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use super::{InsertRequest, Sink, SinkError, TableTarget};
+use super::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::config::ClickHouseConfig;
 
 pub struct ClickHouseSink {
@@ -50,25 +50,28 @@ impl Sink for ClickHouseSink {
         insert.end().await.map_err(classify)
     }
 
-    async fn rows_by_request_id(
+    async fn stored_rows(
         &self,
         target: &TableTarget,
-        column: &str,
-        request_ids: &[String],
-    ) -> Result<HashMap<String, u64>, SinkError> {
+        keys: &[BatchKey],
+    ) -> Result<HashMap<BatchKey, u64>, SinkError> {
         let mut found = HashMap::new();
-        for chunk in request_ids.chunks(1000) {
-            // 18.16 takes `IN ('a', 'b')`, not an array: one placeholder per id.
-            let placeholders = vec!["?"; chunk.len()].join(", ");
+        let Some((principal, batch_id)) = &target.batch_key_columns else {
+            return Ok(found);
+        };
+        for chunk in keys.chunks(500) {
+            // 18.16 takes `IN ((…), (…))`, not an array: one placeholder pair per key.
+            let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
             let mut query = self.client.query(&format!(
-                "SELECT `{column}`, count() FROM {}.{} WHERE `{column}` IN ({placeholders}) GROUP BY `{column}`",
+                "SELECT `{principal}`, `{batch_id}`, count() FROM {}.{} \
+                 WHERE (`{principal}`, `{batch_id}`) IN ({placeholders}) GROUP BY `{principal}`, `{batch_id}`",
                 target.database, target.table
             ));
-            for id in chunk {
-                query = query.bind(id.as_str());
+            for (p, b) in chunk {
+                query = query.bind(p.as_str()).bind(b.as_str());
             }
-            let rows: Vec<(String, u64)> = query.fetch_all().await.map_err(classify)?;
-            found.extend(rows);
+            let rows: Vec<(String, String, u64)> = query.fetch_all().await.map_err(classify)?;
+            found.extend(rows.into_iter().map(|(p, b, n)| ((p, b), n)));
         }
         Ok(found)
     }

@@ -19,10 +19,19 @@ pub struct TableTarget {
     pub table: String,
     /// `INSERT INTO db.table (c1, c2, …) FORMAT Native`.
     pub insert_sql: String,
+    /// The principal and batch-id audit columns, when the table has both: they identify a
+    /// stored batch (a principal's batch id is unique within the dedup window), so sluice can
+    /// ask ClickHouse whether an insert of unknown outcome, or a spooled batch, is already in.
+    pub batch_key_columns: Option<(String, String)>,
 }
 
 impl TableTarget {
-    pub fn new<'a>(database: &str, table: &str, columns: impl Iterator<Item = &'a str>) -> Self {
+    pub fn new<'a>(
+        database: &str,
+        table: &str,
+        columns: impl Iterator<Item = &'a str>,
+        batch_key_columns: Option<(String, String)>,
+    ) -> Self {
         let columns: Vec<String> = columns.map(|c| format!("`{c}`")).collect();
         TableTarget {
             database: database.to_string(),
@@ -31,9 +40,13 @@ impl TableTarget {
                 "INSERT INTO {database}.{table} ({}) FORMAT Native",
                 columns.join(", ")
             ),
+            batch_key_columns,
         }
     }
 }
+
+/// A stored batch: (principal, batch id).
+pub type BatchKey = (String, String);
 
 /// One encoded insert.
 #[derive(Debug, Clone)]
@@ -76,14 +89,14 @@ impl SinkError {
 pub trait Sink: Send + Sync + 'static {
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError>;
 
-    /// Rows already stored per request id, read from `column` of the target table: how spool
-    /// replay after a crash finds batches that reached ClickHouse before their confirmation did.
-    async fn rows_by_request_id(
+    /// Rows already stored per batch (see [`TableTarget::batch_key_columns`]; empty when the
+    /// table has no such columns): how an insert whose outcome is unknown, and spool replay
+    /// after a crash, find batches that ClickHouse already has.
+    async fn stored_rows(
         &self,
         target: &TableTarget,
-        column: &str,
-        request_ids: &[String],
-    ) -> Result<HashMap<String, u64>, SinkError>;
+        keys: &[BatchKey],
+    ) -> Result<HashMap<BatchKey, u64>, SinkError>;
 }
 
 /// Keeps every insert in memory; can be told to fail.
@@ -114,12 +127,11 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    async fn rows_by_request_id(
+    async fn stored_rows(
         &self,
         _target: &TableTarget,
-        _column: &str,
-        _request_ids: &[String],
-    ) -> Result<HashMap<String, u64>, SinkError> {
+        _keys: &[BatchKey],
+    ) -> Result<HashMap<BatchKey, u64>, SinkError> {
         Ok(HashMap::new())
     }
 }

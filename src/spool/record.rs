@@ -16,6 +16,8 @@ pub struct SpoolRecord {
     pub content_encoding: Option<String>,
     /// Rows the batch was accepted with (replay must find the same number).
     pub accepted_rows: u32,
+    /// Rows it rejected (they went to the quarantine table).
+    pub rejected_rows: u32,
     /// The body exactly as received (still compressed).
     pub body: Bytes,
 }
@@ -41,6 +43,7 @@ impl SpoolRecord {
         put_optional(&mut out, self.content_type.as_deref());
         put_optional(&mut out, self.content_encoding.as_deref());
         out.extend_from_slice(&self.accepted_rows.to_le_bytes());
+        out.extend_from_slice(&self.rejected_rows.to_le_bytes());
         put_bytes(&mut out, &self.body);
         out
     }
@@ -65,6 +68,7 @@ impl SpoolRecord {
         let content_type = reader.optional()?;
         let content_encoding = reader.optional()?;
         let accepted_rows = reader.u32()?;
+        let rejected_rows = reader.u32()?;
         let body = Bytes::copy_from_slice(reader.bytes()?);
         reader.0.is_empty().then_some(SpoolRecord {
             stream,
@@ -73,6 +77,7 @@ impl SpoolRecord {
             content_type,
             content_encoding,
             accepted_rows,
+            rejected_rows,
             body,
         })
     }

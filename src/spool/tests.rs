@@ -31,6 +31,7 @@ fn record(n: u32) -> SpoolRecord {
         content_type: Some("application/x-ndjson".into()),
         content_encoding: n.is_multiple_of(3).then(|| "gzip".to_string()),
         accepted_rows: n,
+        rejected_rows: n % 4,
         body: Bytes::from(vec![b'x'; (n as usize * 37) % 900]),
     }
 }

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int8Builder, Int16Builder,
-    Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt8Builder, UInt16Builder,
-    UInt32Builder, UInt64Builder,
+    ArrayBuilder, FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int8Builder,
+    Int16Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt8Builder,
+    UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, SchemaRef};
@@ -24,7 +24,7 @@ use serde::Serialize;
 use simd_json::prelude::Writable;
 
 use crate::decode::{self, BorrowedValue, RecordVisitor};
-use crate::schema::{ChType, ContextField, Schema, UnknownFields};
+use crate::schema::{ChType, ContextField, Schema, UnknownFields, quarantine};
 
 use coerce::{Raw, Staged};
 
@@ -69,6 +69,8 @@ pub struct RowError {
 #[derive(Debug)]
 pub struct ValidatedBatch {
     pub batch: RecordBatch,
+    /// Every rejected row, for the stream's quarantine table.
+    pub quarantine: RecordBatch,
     pub accepted: usize,
     pub rejected: usize,
     /// The first `max_errors` rejected rows.
@@ -80,6 +82,9 @@ pub struct ValidatedBatch {
 pub struct CompiledSchema {
     pub schema: Arc<Schema>,
     pub arrow_schema: SchemaRef,
+    /// The stream's quarantine table.
+    pub quarantine: Arc<Schema>,
+    pub quarantine_arrow_schema: SchemaRef,
     /// Body field name (primary, alias, or column name) → column index.
     field_index: HashMap<String, usize>,
     /// Field order of delimited lines.
@@ -119,13 +124,19 @@ impl CompiledSchema {
                 .filter_map(|c| c.primary_field().map(str::to_string))
                 .collect(),
         };
-        let fields: Vec<Field> = schema
-            .columns
-            .iter()
-            .map(|c| Field::new(c.name(), arrow_type(&c.ch_type), c.ch_type.is_nullable()))
-            .collect();
+        let arrow_schema_of = |schema: &Schema| -> SchemaRef {
+            let fields: Vec<Field> = schema
+                .columns
+                .iter()
+                .map(|c| Field::new(c.name(), arrow_type(&c.ch_type), c.ch_type.is_nullable()))
+                .collect();
+            Arc::new(arrow_schema::Schema::new(fields))
+        };
+        let quarantine = Arc::new(quarantine::schema_for(&schema));
         Ok(CompiledSchema {
-            arrow_schema: Arc::new(arrow_schema::Schema::new(fields)),
+            arrow_schema: arrow_schema_of(&schema),
+            quarantine_arrow_schema: arrow_schema_of(&quarantine),
+            quarantine,
             field_index,
             delimited_fields,
             unknown_fields: options
@@ -165,6 +176,7 @@ impl CompiledSchema {
             rejected: 0,
             errors: Vec::new(),
             max_errors,
+            quarantine: QuarantineBuilder::default(),
         }
     }
 }
@@ -324,6 +336,7 @@ pub struct BatchBuilder<'s> {
     rejected: usize,
     errors: Vec<RowError>,
     max_errors: usize,
+    quarantine: QuarantineBuilder,
 }
 
 impl BatchBuilder<'_> {
@@ -339,8 +352,10 @@ impl BatchBuilder<'_> {
             .collect();
         let batch = RecordBatch::try_new(self.compiled.arrow_schema.clone(), columns)
             .expect("builders follow the compiled Arrow schema");
+        let quarantine = self.quarantine.finish(self.compiled, self.context);
         ValidatedBatch {
             batch,
+            quarantine,
             accepted: self.accepted,
             rejected: self.rejected,
             errors: self.errors,
@@ -414,8 +429,8 @@ impl BatchBuilder<'_> {
     }
 
     /// Fills absent columns (default, NULL or zero, or a missing-field error), context columns,
-    /// and appends the row if it is valid.
-    fn end_row(&mut self, line: usize) {
+    /// and appends the row if it is valid; otherwise returns the field and reason.
+    fn end_row(&mut self, _line: usize) -> Option<(Option<String>, String)> {
         let columns = &self.compiled.schema.columns;
         #[allow(clippy::needless_range_loop)] // the body needs `&mut self` beside `columns`
         for index in 0..columns.len() {
@@ -480,13 +495,23 @@ impl BatchBuilder<'_> {
                     builder.append(value, &self.scratch, &self.list_items);
                 }
                 self.accepted += 1;
+                None
             }
-            Some((field, reason)) => self.reject(line, field, reason),
+            failure => failure,
         }
     }
 
-    fn reject(&mut self, line: usize, field: Option<String>, reason: String) {
+    /// Counts and reports a rejected row and keeps it for the quarantine table.
+    fn reject(&mut self, line: usize, field: Option<String>, reason: String, raw: &[u8]) {
         self.rejected += 1;
+        self.quarantine.line.append_value(line as u32);
+        self.quarantine
+            .field
+            .append_value(field.as_deref().unwrap_or(""));
+        self.quarantine.error.append_value(&reason);
+        self.quarantine
+            .raw
+            .append_value(String::from_utf8_lossy(raw));
         if self.errors.len() < self.max_errors {
             self.errors.push(RowError {
                 line,
@@ -497,45 +522,101 @@ impl BatchBuilder<'_> {
     }
 }
 
+/// Rejected rows on their way to the stream's quarantine table (see [`quarantine::COLUMNS`]).
+#[derive(Default)]
+struct QuarantineBuilder {
+    line: UInt32Builder,
+    field: StringBuilder,
+    error: StringBuilder,
+    raw: StringBuilder,
+}
+
+impl QuarantineBuilder {
+    fn finish(&mut self, compiled: &CompiledSchema, context: &RequestContext) -> RecordBatch {
+        let rows = self.line.len();
+        let repeat = |text: &str| -> ArrayRef {
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                std::iter::repeat_n(text, rows),
+            ))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(arrow_array::UInt32Array::from_value(
+                context.received_at,
+                rows,
+            )),
+            repeat(&compiled.schema.stream),
+            Arc::new(arrow_array::UInt32Array::from_value(
+                compiled.schema.version,
+                rows,
+            )),
+            repeat(&context.principal),
+            repeat(&context.origin),
+            repeat(&context.batch_id),
+            repeat(&context.request_id),
+            Arc::new(self.line.finish()),
+            Arc::new(self.field.finish()),
+            Arc::new(self.error.finish()),
+            Arc::new(self.raw.finish()),
+        ];
+        RecordBatch::try_new(compiled.quarantine_arrow_schema.clone(), columns)
+            .expect("quarantine columns follow quarantine::COLUMNS")
+    }
+}
+
 impl RecordVisitor for BatchBuilder<'_> {
     fn text_header(&mut self, names: &[&str]) {
         self.text_names = names.iter().map(|name| name.to_string()).collect();
     }
 
-    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>) {
+    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, raw: Option<&[u8]>) {
         self.start_row();
-        let BorrowedValue::Object(fields) = record else {
-            return self.reject(line, None, "record is not a JSON object".to_string());
+        let failure = match record {
+            BorrowedValue::Object(fields) => {
+                for (name, value) in fields.iter() {
+                    self.stage_field(name, Raw::Json(value));
+                }
+                self.end_row(line)
+            }
+            _ => Some((None, "record is not a JSON object".to_string())),
         };
-        for (name, value) in fields.iter() {
-            self.stage_field(name, Raw::Json(value));
+        if let Some((field, reason)) = failure {
+            // Elements of a JSON array have no text of their own: keep them re-encoded.
+            let encoded;
+            let raw = match raw {
+                Some(raw) => raw,
+                None => {
+                    encoded = record.encode();
+                    encoded.as_bytes()
+                }
+            };
+            self.reject(line, field, reason, raw);
         }
-        self.end_row(line);
     }
 
-    fn text_record(&mut self, line: usize, fields: &[&str]) {
+    fn text_record(&mut self, line: usize, fields: &[&str], raw: &[u8]) {
         self.start_row();
-        if fields.len() != self.text_names.len() {
-            return self.reject(
-                line,
-                None,
-                format!(
-                    "expected {} fields, got {}",
-                    self.text_names.len(),
-                    fields.len()
-                ),
+        let failure = if fields.len() != self.text_names.len() {
+            let reason = format!(
+                "expected {} fields, got {}",
+                self.text_names.len(),
+                fields.len()
             );
+            Some((None, reason))
+        } else {
+            let names = std::mem::take(&mut self.text_names);
+            for (name, value) in names.iter().zip(fields) {
+                self.stage_field(name, Raw::Text(value));
+            }
+            self.text_names = names;
+            self.end_row(line)
+        };
+        if let Some((field, reason)) = failure {
+            self.reject(line, field, reason, raw);
         }
-        let names = std::mem::take(&mut self.text_names);
-        for (name, value) in names.iter().zip(fields) {
-            self.stage_field(name, Raw::Text(value));
-        }
-        self.text_names = names;
-        self.end_row(line);
     }
 
-    fn malformed_record(&mut self, line: usize, reason: &str) {
-        self.reject(line, None, reason.to_string());
+    fn malformed_record(&mut self, line: usize, reason: &str, raw: &[u8]) {
+        self.reject(line, None, reason.to_string(), raw);
     }
 }
 
