@@ -58,10 +58,8 @@ impl Receipt {
             }
             Ok(_) => {
                 let completed = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
-                if completed {
-                    if let Some(done) = self.done.lock().unwrap().take() {
-                        let _ = done.send(outcome.clone());
-                    }
+                if completed && let Some(done) = self.done.lock().unwrap().take() {
+                    let _ = done.send(outcome.clone());
                 }
                 completed
             }
