@@ -73,6 +73,8 @@ pub struct Submission {
     pub receipt: Arc<Receipt>,
     /// A place in the stream's queue, given back when the accumulator takes the rows.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The rows' share of the in-flight memory bound, given back once they are delivered.
+    pub memory: Option<OwnedSemaphorePermit>,
 }
 
 /// When to flush.
@@ -92,6 +94,8 @@ pub struct Pending {
     pub receipts: Vec<Arc<Receipt>>,
     /// Rows of each receipt in this insert (same order as `receipts`).
     pub part_rows: Vec<usize>,
+    /// In-flight memory held by these rows until they are delivered.
+    pub memory: Vec<OwnedSemaphorePermit>,
 }
 
 /// The pending rows of one table.
@@ -116,8 +120,10 @@ impl Accumulator {
             batch,
             receipt,
             permit,
+            memory,
         } = submission;
         drop(permit);
+        self.pending.memory.extend(memory);
         self.oldest.get_or_insert(now);
         self.pending.receipts.push(receipt);
         self.pending.part_rows.push(batch.num_rows());
@@ -173,6 +179,7 @@ mod tests {
             batch,
             receipt: Receipt::new(1, None, Some(rows.into()), Some(done)),
             permit: None,
+            memory: None,
         };
         (submission, receiver)
     }

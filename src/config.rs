@@ -136,6 +136,14 @@ pub struct Limits {
     /// Most rejected rows listed in an answer's `errors` (all are counted).
     #[serde(default = "default_max_errors_reported")]
     pub max_errors_reported: usize,
+    /// Memory that validated rows may hold between their request and their insert, in bytes
+    /// (Arrow size). Past it new batches are answered 503 until inserts catch up.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// Bodies decompressed and validated at once (each up to `max_decompressed_bytes`); more
+    /// requests wait. Default: twice the CPU count.
+    #[serde(default = "default_max_concurrent_decodes")]
+    pub max_concurrent_decodes: usize,
 }
 
 impl Limits {
@@ -157,6 +165,8 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             request_timeout_secs: default_request_timeout_secs(),
             max_errors_reported: default_max_errors_reported(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
+            max_concurrent_decodes: default_max_concurrent_decodes(),
         }
     }
 }
@@ -303,6 +313,12 @@ fn default_request_timeout_secs() -> u64 {
 fn default_max_errors_reported() -> usize {
     100
 }
+fn default_max_in_flight_bytes() -> usize {
+    1 << 30
+}
+fn default_max_concurrent_decodes() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
 fn default_database() -> String {
     "sluice".to_string()
 }
@@ -401,6 +417,14 @@ impl Config {
                 self.limits.max_rows_per_batch as u64,
             ),
             ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_in_flight_bytes",
+                self.limits.max_in_flight_bytes as u64,
+            ),
+            (
+                "limits.max_concurrent_decodes",
+                self.limits.max_concurrent_decodes as u64,
+            ),
             (
                 "limits.request_timeout_secs",
                 self.limits.request_timeout_secs,

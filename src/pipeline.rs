@@ -38,6 +38,15 @@ pub struct StreamVersion {
     pub quarantine: Lane,
     /// Places in the accumulators' queues (`batch.queue_depth`).
     capacity: Arc<Semaphore>,
+    /// KiB of validated rows in flight, shared by every stream (`limits.max_in_flight_bytes`).
+    memory: Arc<Semaphore>,
+    memory_total_kib: u32,
+}
+
+/// A place in a stream's queue and the rows' share of the memory bound.
+pub struct Reservation {
+    queue: OwnedSemaphorePermit,
+    memory: OwnedSemaphorePermit,
 }
 
 /// The way to one table's accumulator.
@@ -91,6 +100,8 @@ impl DeliveryOptions {
 
 struct EncodedInsert {
     request: InsertRequest,
+    /// Released once the insert is settled.
+    memory: Vec<OwnedSemaphorePermit>,
     receipts: Vec<Arc<Receipt>>,
     /// Rows per batch in this insert, to ask ClickHouse whether an insert of unknown outcome
     /// went in after all.
@@ -133,6 +144,9 @@ impl Pipeline {
             shutting_down: shutting_down.clone(),
         });
         let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered.clone()));
+        let memory_total_kib =
+            (config.limits.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize) as u32;
+        let memory = Arc::new(Semaphore::new(memory_total_kib as usize));
         let mut streams: HashMap<String, BTreeMap<u32, StreamVersion>> = HashMap::new();
         let mut accumulators = Vec::new();
         for schema in schemas.iter() {
@@ -197,6 +211,8 @@ impl Pipeline {
                     raw,
                     quarantine,
                     capacity: Arc::new(Semaphore::new(config.batch.queue_depth)),
+                    memory: memory.clone(),
+                    memory_total_kib,
                 },
             );
         }
@@ -235,21 +251,37 @@ impl Pipeline {
 }
 
 impl StreamVersion {
-    /// Takes a place in the accumulator's queue, or says it is full.
-    pub fn reserve(&self) -> Result<OwnedSemaphorePermit, SubmitError> {
-        self.capacity
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| SubmitError::Overloaded)
+    /// Takes a place in the accumulator's queue and `bytes` of the in-flight memory bound, or
+    /// says that either is full.
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation, SubmitError> {
+        let queue = self.capacity.clone().try_acquire_owned();
+        let memory = self.memory.clone().try_acquire_many_owned(self.kib(bytes));
+        match (queue, memory) {
+            (Ok(queue), Ok(memory)) => Ok(Reservation { queue, memory }),
+            _ => Err(SubmitError::Overloaded),
+        }
     }
 
-    /// Waits for a place in the queue (spool replay at start).
-    pub async fn reserve_waiting(&self) -> OwnedSemaphorePermit {
-        self.capacity
+    /// Waits for a place in the queue and memory (spool replay at start).
+    pub async fn reserve_waiting(&self, bytes: usize) -> Reservation {
+        let queue = self.capacity.clone().acquire_owned().await;
+        let memory = self
+            .memory
             .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed")
+            .acquire_many_owned(self.kib(bytes))
+            .await;
+        Reservation {
+            queue: queue.expect("never closed"),
+            memory: memory.expect("never closed"),
+        }
+    }
+
+    /// KiB for `bytes`, at most the whole bound (a batch larger than the bound still passes,
+    /// alone).
+    fn kib(&self, bytes: usize) -> u32 {
+        bytes
+            .div_ceil(1024)
+            .clamp(1, self.memory_total_kib as usize) as u32
     }
 
     /// Queues a request's accepted rows and rejected rows (each may be empty) in a reserved
@@ -260,7 +292,7 @@ impl StreamVersion {
         &self,
         accepted: RecordBatch,
         rejected: RecordBatch,
-        permit: OwnedSemaphorePermit,
+        reservation: Reservation,
         key: BatchKey,
         spool_id: Option<RecordId>,
         done: Option<oneshot::Sender<Delivery>>,
@@ -275,12 +307,13 @@ impl StreamVersion {
             receipt.part_delivered(&Ok(Arc::from("")));
             return Ok(());
         }
-        let mut permit = Some(permit);
+        let (mut queue, mut memory) = (Some(reservation.queue), Some(reservation.memory));
         for (lane, batch) in parts {
             let submission = Submission {
                 batch,
                 receipt: receipt.clone(),
-                permit: permit.take(),
+                permit: queue.take(),
+                memory: memory.take(),
             };
             lane.submissions
                 .send(submission)
@@ -335,6 +368,7 @@ impl AccumulatorThread {
             rows,
             receipts,
             part_rows,
+            memory,
             ..
         } = pending;
         let mut expected: HashMap<BatchKey, u64> = HashMap::new();
@@ -365,6 +399,7 @@ impl AccumulatorThread {
             .record(started.elapsed().as_secs_f64());
         let insert = EncodedInsert {
             request,
+            memory,
             receipts,
             expected,
         };
@@ -454,6 +489,7 @@ async fn dispatch(
             }
             let delivery: Delivery = outcome.map(|()| insert.request.insert_id.clone());
             settle(insert.receipts, &delivery, delivered.spool.as_deref());
+            drop(insert.memory);
             drop(permit);
         });
         while running.try_join_next().is_some() {}

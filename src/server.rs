@@ -103,6 +103,7 @@ impl Server {
             }
         });
 
+        let max_concurrent_decodes = config.limits.max_concurrent_decodes;
         let dedup = DedupStore::open(
             config.spool.as_ref().map(|s| s.dir.as_path()),
             Duration::from_secs(config.dedup.window_secs),
@@ -113,6 +114,7 @@ impl Server {
             pipeline,
             spool,
             dedup,
+            decodes: tokio::sync::Semaphore::new(max_concurrent_decodes),
         });
         let ingest = tokio::spawn(accept::serve_ingest(
             ingest_listener,
@@ -247,7 +249,9 @@ async fn replay(
             } else {
                 validated.quarantine
             };
-            let permit = version.reserve_waiting().await;
+            let permit = version
+                .reserve_waiting(raw.get_array_memory_size() + quarantine.get_array_memory_size())
+                .await;
             version
                 .submit(raw, quarantine, permit, key, Some(id), None)
                 .map_err(|err| anyhow::anyhow!("spool replay: {err}"))?;

@@ -523,3 +523,45 @@ async fn a_retried_batch_id_is_stored_once_even_across_a_crash() {
     assert_eq!(clickhouse.count("edge_access").await, 300);
     sluice.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_memory_is_bounded() {
+    // ClickHouse unreachable and every batch kept in memory until delivered: once the bound is
+    // taken, new batches are refused with 503 instead of piling up.
+    let server = common::server::TestServer::start_with("memory_bound", "", |config| {
+        config.ingest.ack = sluice::config::AckMode::Memory;
+        config.clickhouse.url = "http://127.0.0.1:1".to_string();
+        config.clickhouse.apply_schema = false;
+        config.clickhouse.insert_attempts = 1000;
+        config.limits.max_in_flight_bytes = 400_000;
+    })
+    .await;
+    let client = server.client(Some("client-a"));
+    let mut statuses = Vec::new();
+    for seed in 0..20 {
+        let rows = Generator::new(seed).edge_access(500);
+        let body = generator::encode_access(&rows, Format::Ndjson);
+        let (status, answer) = common::server::post(
+            &client,
+            &server.url("edge_access"),
+            "application/x-ndjson",
+            None,
+            body,
+        )
+        .await;
+        if status == 503 {
+            assert_eq!(answer["code"], "overloaded", "{answer}");
+        }
+        statuses.push(status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(accepted >= 1, "{statuses:?}");
+    assert!(
+        statuses.contains(&503),
+        "the bound refuses batches: {statuses:?}"
+    );
+    assert!(
+        accepted < 10,
+        "at most ~400 KB of rows are held: {statuses:?}"
+    );
+}

@@ -192,6 +192,12 @@ async fn handle(
     };
     let compiled = version.compiled.clone();
     let limits = config.limits.body_limits();
+    // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
+    let _decoding = state
+        .decodes
+        .acquire()
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
     let validated = tokio::task::spawn_blocking(move || {
         validate::validate_body(
             &compiled,
@@ -276,7 +282,9 @@ async fn handle(
     };
     // Accepted and rejected rows (the latter to the quarantine table) travel together: both
     // are acknowledged the same way.
-    let permit = version.reserve().map_err(submit_error)?;
+    let permit = version
+        .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
+        .map_err(submit_error)?;
     let batch_key = (principal.name.clone(), batch_id.clone());
     match state.config.ingest.ack {
         AckMode::Spool => {

@@ -28,6 +28,8 @@ pub struct AppState {
     pub spool: Option<Arc<Spool>>,
     /// Batch ids seen within the dedup window.
     pub dedup: DedupStore,
+    /// Places for bodies being decompressed and validated (`limits.max_concurrent_decodes`).
+    pub decodes: tokio::sync::Semaphore,
 }
 
 /// The ingest router.
