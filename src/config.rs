@@ -176,6 +176,9 @@ impl Default for Limits {
 pub struct ClickHouseConfig {
     /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
     pub url: String,
+    /// More endpoints of the same tables (replicas), tried in order when `url` fails.
+    #[serde(default)]
+    pub failover_urls: Vec<String>,
     /// Database holding the streams' tables.
     #[serde(default = "default_database")]
     pub database: String,
@@ -456,13 +459,16 @@ impl Config {
                 "limits.max_decompressed_bytes: must be at least limits.max_body_bytes".to_string(),
             );
         }
-        if !(self.clickhouse.url.starts_with("http://")
-            || self.clickhouse.url.starts_with("https://"))
-        {
-            return Err(format!(
-                "clickhouse.url: {:?} is not an http:// or https:// URL",
-                self.clickhouse.url
-            ));
+        let urls = std::iter::once(("clickhouse.url", &self.clickhouse.url)).chain(
+            self.clickhouse
+                .failover_urls
+                .iter()
+                .map(|u| ("clickhouse.failover_urls", u)),
+        );
+        for (key, url) in urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{key}: {url:?} is not an http:// or https:// URL"));
+            }
         }
         if !(1..=22).contains(&self.clickhouse.zstd_level) {
             return Err("clickhouse.zstd_level: must be between 1 and 22".to_string());

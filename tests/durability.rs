@@ -565,3 +565,40 @@ async fn in_flight_memory_is_bounded() {
         "at most ~400 KB of rows are held: {statuses:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_fail_over_to_the_next_endpoint() {
+    let clickhouse = TestClickHouse::new("failover").await;
+    let schemas =
+        sluice::schema::SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+            .unwrap();
+    let admin = sluice::sink::clickhouse::client(&clickhouse.url, "default", "");
+    sluice::check::apply_schemas(&admin, &schemas, &clickhouse.database)
+        .await
+        .unwrap();
+    let url = clickhouse.url.clone();
+    let database = clickhouse.database.clone();
+    // The first endpoint is dead; the second (a replica, here the test server) takes inserts.
+    let server = common::server::TestServer::start_with("failover_server", "", move |config| {
+        config.clickhouse.url = "http://127.0.0.1:1".to_string();
+        config.clickhouse.failover_urls = vec![url];
+        config.clickhouse.apply_schema = false;
+        config.clickhouse.database = database;
+    })
+    .await;
+    let client = server.client(Some("client-a"));
+    for seed in 0..5 {
+        let rows = Generator::new(500 + seed).edge_access(100);
+        let body = generator::encode_access(&rows, Format::Ndjson);
+        let (status, answer) = common::server::post(
+            &client,
+            &server.url("edge_access"),
+            "application/x-ndjson",
+            None,
+            body,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(clickhouse.count("edge_access").await, 500);
+}

@@ -3,24 +3,96 @@
 //! with `decompress=1`), the insert id as `query_id`, and `log_queries=1` so that
 //! `system.query_log` records it (off by default on 18.16).
 
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use super::breaker::Breaker;
 use super::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::config::ClickHouseConfig;
 
+/// Inserts go to the first endpoint whose breaker lets them through: `clickhouse.url`, then
+/// `clickhouse.failover_urls` in order (replicas of the same tables).
 pub struct ClickHouseSink {
-    client: clickhouse::Client,
+    endpoints: Vec<Endpoint>,
     timeout: Duration,
+}
+
+struct Endpoint {
+    url: String,
+    client: clickhouse::Client,
+    breaker: Mutex<Breaker>,
 }
 
 impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig) -> ClickHouseSink {
+        let urls = std::iter::once(&config.url).chain(&config.failover_urls);
         ClickHouseSink {
-            client: client(&config.url, &config.user, &config.password),
+            endpoints: urls
+                .map(|url| Endpoint {
+                    url: url.clone(),
+                    client: client(url, &config.user, &config.password),
+                    breaker: Mutex::new(Breaker::default()),
+                })
+                .collect(),
             timeout: Duration::from_secs(config.insert_timeout_secs),
         }
+    }
+
+    /// The endpoint to use now, or when the first breaker lets a trial through.
+    fn pick(&self) -> Result<&Endpoint, SinkError> {
+        let now = Instant::now();
+        if let Some(endpoint) = self
+            .endpoints
+            .iter()
+            .find(|e| e.breaker.lock().unwrap().allow(now))
+        {
+            return Ok(endpoint);
+        }
+        let next = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.breaker.lock().unwrap().retry_at())
+            .min()
+            .map(|at| at.saturating_duration_since(now));
+        Err(SinkError::Retryable(format!(
+            "every clickhouse endpoint is failing; next trial in {:.1} s",
+            next.unwrap_or_default().as_secs_f64()
+        )))
+    }
+
+    fn record(&self, endpoint: &Endpoint, outcome: &Result<(), SinkError>) {
+        let mut breaker = endpoint.breaker.lock().unwrap();
+        let up = match outcome {
+            Ok(()) | Err(SinkError::Permanent { .. }) => {
+                breaker.success();
+                true
+            }
+            Err(SinkError::Retryable(_)) => {
+                breaker.failure(Instant::now());
+                false
+            }
+        };
+        metrics::gauge!("sluice_clickhouse_endpoint_up", "endpoint" => endpoint.url.clone())
+            .set(if up { 1.0 } else { 0.0 });
+    }
+
+    async fn insert_into(
+        &self,
+        endpoint: &Endpoint,
+        request: &InsertRequest,
+    ) -> Result<(), SinkError> {
+        let mut insert = endpoint
+            .client
+            .insert_formatted_with(request.target.insert_sql.clone())
+            .with_setting("query_id", request.insert_id.to_string())
+            .with_setting("log_queries", "1")
+            .with_timeouts(Some(self.timeout), Some(self.timeout));
+        if request.framed {
+            insert = insert.with_setting("decompress", "1");
+        }
+        insert.send(request.body.clone()).await.map_err(classify)?;
+        insert.end().await.map_err(classify)
     }
 }
 
@@ -37,17 +109,21 @@ pub fn client(url: &str, user: &str, password: &str) -> clickhouse::Client {
 #[async_trait::async_trait]
 impl Sink for ClickHouseSink {
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError> {
-        let mut insert = self
-            .client
-            .insert_formatted_with(request.target.insert_sql.clone())
-            .with_setting("query_id", request.insert_id.to_string())
-            .with_setting("log_queries", "1")
-            .with_timeouts(Some(self.timeout), Some(self.timeout));
-        if request.framed {
-            insert = insert.with_setting("decompress", "1");
+        loop {
+            let endpoint = self.pick()?;
+            let outcome = self.insert_into(endpoint, request).await;
+            self.record(endpoint, &outcome);
+            match outcome {
+                // Nothing was sent: the next endpoint may take it at once.
+                Err(SinkError::Retryable(message)) if is_connect_error(&message) => {
+                    tracing::warn!(endpoint = %endpoint.url, %message, "clickhouse endpoint unreachable");
+                    continue;
+                }
+                // Anything else (including an answer lost after the body went out) goes back to
+                // delivery, which asks ClickHouse before sending again.
+                outcome => return outcome,
+            }
         }
-        insert.send(request.body.clone()).await.map_err(classify)?;
-        insert.end().await.map_err(classify)
     }
 
     async fn stored_rows(
@@ -59,10 +135,11 @@ impl Sink for ClickHouseSink {
         let Some((principal, batch_id)) = &target.batch_key_columns else {
             return Ok(found);
         };
+        let endpoint = self.pick()?;
         for chunk in keys.chunks(500) {
             // 18.16 takes `IN ((…), (…))`, not an array: one placeholder pair per key.
             let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
-            let mut query = self.client.query(&format!(
+            let mut query = endpoint.client.query(&format!(
                 "SELECT `{principal}`, `{batch_id}`, count() FROM {}.{} \
                  WHERE (`{principal}`, `{batch_id}`) IN ({placeholders}) GROUP BY `{principal}`, `{batch_id}`",
                 target.database, target.table
@@ -75,6 +152,11 @@ impl Sink for ClickHouseSink {
         }
         Ok(found)
     }
+}
+
+/// A connection that could not be opened: the insert never left.
+fn is_connect_error(message: &str) -> bool {
+    message.contains("(Connect)")
 }
 
 /// Error codes after which the same insert will fail again.

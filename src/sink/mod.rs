@@ -5,6 +5,7 @@
 //! memory for unit tests and benches. Retry decisions live with delivery: an error says whether
 //! the same insert may be tried again.
 
+mod breaker;
 pub mod clickhouse;
 
 use std::collections::HashMap;
