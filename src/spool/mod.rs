@@ -41,6 +41,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -61,6 +62,9 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 pub enum FsyncPolicy {
     /// `fdatasync` before acknowledging (one call covers every append in the group).
     Always,
+    /// Acknowledge after `write`; `fdatasync` at most every `fsync_interval_ms` (and when
+    /// idle): a power loss may cost the last interval.
+    Interval,
     /// No fsync: survives a sluice crash, not a power loss.
     Never,
 }
@@ -77,8 +81,12 @@ pub struct SpoolConfig {
     /// A segment is sealed and a new one started past this size.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// When appends reach the disk: `always` (before the answer), `interval` or `never`.
     #[serde(default = "default_fsync")]
     pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`: the longest time between fdatasync calls, in milliseconds.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
 }
 
 fn default_max_bytes() -> u64 {
@@ -89,6 +97,9 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_fsync() -> FsyncPolicy {
     FsyncPolicy::Always
+}
+fn default_fsync_interval_ms() -> u64 {
+    100
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +113,11 @@ pub enum SpoolError {
 }
 
 /// Bookkeeping of one segment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Segment {
     path: PathBuf,
+    /// When the segment was started (or found at start).
+    created: Instant,
     bytes: u64,
     /// Records in the segment.
     records: HashSet<RecordId>,
@@ -114,6 +127,17 @@ struct Segment {
 }
 
 impl Segment {
+    fn new(path: PathBuf) -> Segment {
+        Segment {
+            path,
+            created: Instant::now(),
+            bytes: 0,
+            records: HashSet::new(),
+            confirmed: HashSet::new(),
+            ack_file: None,
+        }
+    }
+
     fn is_done(&self) -> bool {
         self.records.len() == self.confirmed.len()
     }
@@ -187,11 +211,8 @@ impl Spool {
                     .open(&path)?
                     .set_len(good_len)?;
             }
-            let mut segment = Segment {
-                path: path.clone(),
-                bytes: good_len,
-                ..Default::default()
-            };
+            let mut segment = Segment::new(path.clone());
+            segment.bytes = good_len;
             for (id, record) in records {
                 next_id = next_id.max(id + 1);
                 segment.records.insert(id);
@@ -216,6 +237,8 @@ impl Spool {
             used_bytes: used_bytes.clone(),
             next_id,
             file: None,
+            dirty: false,
+            last_sync: Instant::now(),
         };
         let writer = std::thread::Builder::new()
             .name("spool-writer".to_string())
@@ -301,11 +324,31 @@ impl Spool {
     }
 
     fn report(&self) {
-        let stats = self.stats();
-        metrics::gauge!("sluice_spool_bytes").set(stats.bytes as f64);
-        metrics::gauge!("sluice_spool_segments").set(stats.segments as f64);
-        metrics::gauge!("sluice_spool_unconfirmed_records").set(stats.unconfirmed_records as f64);
+        report(
+            &self.state.lock().unwrap(),
+            self.used_bytes.load(Ordering::Relaxed),
+        );
     }
+}
+
+/// Spool gauges: size, segments, lag (unconfirmed records) and age of the oldest segment that
+/// still holds unconfirmed records.
+fn report(state: &State, used_bytes: u64) {
+    let unconfirmed: usize = state
+        .segments
+        .values()
+        .map(|s| s.records.len() - s.confirmed.len())
+        .sum();
+    let oldest = state
+        .segments
+        .values()
+        .filter(|s| !s.is_done())
+        .map(|s| s.created.elapsed().as_secs_f64())
+        .fold(0.0, f64::max);
+    metrics::gauge!("sluice_spool_bytes").set(used_bytes as f64);
+    metrics::gauge!("sluice_spool_segments").set(state.segments.len() as f64);
+    metrics::gauge!("sluice_spool_unconfirmed_records").set(unconfirmed as f64);
+    metrics::gauge!("sluice_spool_oldest_unconfirmed_seconds").set(oldest);
 }
 
 impl Drop for Spool {
@@ -347,13 +390,34 @@ struct Writer {
     next_id: RecordId,
     /// The active segment file and its first record id.
     file: Option<(RecordId, File)>,
+    /// Written but not yet fsynced (`fsync = "interval"`).
+    dirty: bool,
+    last_sync: Instant,
 }
 
 impl Writer {
     fn run(mut self, receiver: crossbeam_channel::Receiver<Append>) {
         let mut group: Vec<Append> = Vec::new();
         let mut buffer: Vec<u8> = Vec::new();
-        while let Ok(first) = receiver.recv() {
+        let interval = Duration::from_millis(self.config.fsync_interval_ms);
+        loop {
+            let first = match (self.dirty, self.config.fsync) {
+                (true, FsyncPolicy::Interval) => {
+                    let wait = interval.saturating_sub(self.last_sync.elapsed());
+                    match receiver.recv_timeout(wait) {
+                        Ok(first) => first,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            self.sync();
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match receiver.recv() {
+                    Ok(first) => first,
+                    Err(_) => break,
+                },
+            };
             group.push(first);
             group.extend(receiver.try_iter());
             buffer.clear();
@@ -369,7 +433,17 @@ impl Writer {
                 buffer.extend_from_slice(&payload);
             }
             let result = self.write_group(first_id, group.len(), &buffer);
+            if result.is_ok() && self.config.fsync == FsyncPolicy::Interval {
+                self.dirty = true;
+                if self.last_sync.elapsed() >= interval {
+                    self.sync();
+                }
+            }
             metrics::histogram!("sluice_spool_group_records").record(group.len() as f64);
+            report(
+                &self.state.lock().unwrap(),
+                self.used_bytes.load(Ordering::Relaxed),
+            );
             for (i, append) in group.drain(..).enumerate() {
                 let outcome = match &result {
                     Ok(()) => Ok(first_id + i as u64),
@@ -378,9 +452,17 @@ impl Writer {
                 let _ = append.done.send(outcome);
             }
         }
+        self.sync();
+    }
+
+    fn sync(&mut self) {
         if let Some((_, file)) = &self.file {
-            let _ = file.sync_data();
+            if let Err(err) = file.sync_data() {
+                tracing::error!(error = %err, "spool fdatasync failed");
+            }
         }
+        self.dirty = false;
+        self.last_sync = Instant::now();
     }
 
     fn write_group(&mut self, first_id: RecordId, count: usize, buffer: &[u8]) -> io::Result<()> {
@@ -404,13 +486,11 @@ impl Writer {
                 // Make the new file's directory entry durable too.
                 File::open(&self.config.dir)?.sync_all()?;
             }
-            self.state.lock().unwrap().segments.insert(
-                first_id,
-                Segment {
-                    path,
-                    ..Default::default()
-                },
-            );
+            self.state
+                .lock()
+                .unwrap()
+                .segments
+                .insert(first_id, Segment::new(path));
             self.file = Some((first_id, file));
         }
         let (segment_first, file) = self.file.as_mut().expect("opened above");

@@ -12,6 +12,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_bytes: 1 << 30,
         segment_bytes: 4096,
         fsync: FsyncPolicy::Always,
+        fsync_interval_ms: 100,
     }
 }
 
@@ -225,5 +226,30 @@ proptest! {
             }
             prop_assert_eq!(spool.stats().unconfirmed_records, model.len());
         }
+    }
+}
+
+#[test]
+fn every_fsync_policy_keeps_records_across_a_restart() {
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval,
+        FsyncPolicy::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let (spool, _) = Spool::open(SpoolConfig {
+            fsync,
+            fsync_interval_ms: 5,
+            ..config(dir.path())
+        })
+        .unwrap();
+        for n in 0..10 {
+            rt.block_on(spool.append(&record(n))).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(spool);
+        let (_, recovery) = Spool::open(config(dir.path())).unwrap();
+        assert_eq!(recovery.unconfirmed.len(), 10, "{fsync:?}");
     }
 }
