@@ -44,10 +44,8 @@ pub enum ApiError {
     SpoolFull,
     #[error("clickhouse is unavailable, retry later")]
     Unavailable,
-    #[error(
-        "clickhouse refused the rows; sluice's log has the details under request id {request_id}"
-    )]
-    Refused { request_id: String },
+    #[error("clickhouse refused the rows; sluice's log has the details under this request id")]
+    Refused,
     #[error("sluice is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -92,7 +90,7 @@ impl ApiError {
             ApiError::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ApiError::Refused { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "insert_refused"),
+            ApiError::Refused => (StatusCode::INTERNAL_SERVER_ERROR, "insert_refused"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arrow_array::RecordBatch;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
@@ -18,7 +20,8 @@ use crate::auth;
 use crate::config::AckMode;
 use crate::decode;
 use crate::dedup::Claim;
-use crate::pipeline::SubmitError;
+use crate::pipeline::{Reservation, StreamVersion, SubmitError};
+use crate::sink::BatchKey;
 use crate::sink::SinkError;
 use crate::spool::{SpoolError, SpoolRecord};
 use crate::validate::{self, RequestContext, RowError, ValidatedBatch};
@@ -60,6 +63,7 @@ pub async fn ingest(
         body,
         &request_id,
     )
+    .instrument(tracing::info_span!("ingest", %stream, %request_id))
     .await;
     let stream_label = if state.pipeline.stream(&stream).is_some() {
         stream.clone()
@@ -193,7 +197,7 @@ async fn handle(
     let compiled = version.compiled.clone();
     let limits = config.limits.body_limits();
     // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
-    let _decoding = state
+    let decoding = state
         .decodes
         .acquire()
         .await
@@ -214,6 +218,7 @@ async fn handle(
         tracing::error!(error = %err, "validation task failed");
         ApiError::Internal
     })??;
+    drop(decoding);
 
     let Some((validated, digest)) = validated else {
         // Logpush's destination probe: acknowledged, nothing stored.
@@ -282,58 +287,74 @@ async fn handle(
     };
     // Accepted and rejected rows (the latter to the quarantine table) travel together: both
     // are acknowledged the same way.
-    let permit = version
+    let reservation = version
         .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
         .map_err(submit_error)?;
-    let batch_key = (principal.name.clone(), batch_id.clone());
+    let key = (principal.name.clone(), batch_id.clone());
+    let record = || spool_record(accepted as u32, rejected as u32);
+    acknowledge(state, version, batch, quarantine, reservation, key, record).await?;
+    if let Some(claim) = claim {
+        claim.commit();
+    }
+    answer(errors)
+}
+
+/// Hands the rows to the pipeline and returns once they are acknowledged as `ingest.ack` says:
+/// in the spool, confirmed by ClickHouse, or queued in memory.
+async fn acknowledge(
+    state: &AppState,
+    version: &StreamVersion,
+    accepted: RecordBatch,
+    rejected: RecordBatch,
+    reservation: Reservation,
+    key: BatchKey,
+    spool_record: impl FnOnce() -> SpoolRecord,
+) -> Result<(), ApiError> {
     match state.config.ingest.ack {
         AckMode::Spool => {
             let spool = state
                 .spool
                 .as_ref()
                 .expect("config validation: ack = spool needs a spool");
-            let record = spool_record(accepted as u32, rejected as u32);
-            let record_id = spool.append(&record).await.map_err(|err| match err {
-                SpoolError::Full { .. } => ApiError::SpoolFull,
-                other => {
-                    tracing::error!(error = %other, "spool append failed");
-                    ApiError::Unavailable
-                }
-            })?;
+            let record_id = spool
+                .append(&spool_record())
+                .await
+                .map_err(|err| match err {
+                    SpoolError::Full { .. } => ApiError::SpoolFull,
+                    other => {
+                        tracing::error!(error = %other, "spool append failed");
+                        ApiError::Unavailable
+                    }
+                })?;
             version
-                .submit(batch, quarantine, permit, batch_key, Some(record_id), None)
-                .map_err(submit_error)?;
+                .submit(accepted, rejected, reservation, key, Some(record_id), None)
+                .map_err(submit_error)
         }
         AckMode::Memory => version
-            .submit(batch, quarantine, permit, batch_key, None, None)
-            .map_err(submit_error)?,
+            .submit(accepted, rejected, reservation, key, None, None)
+            .map_err(submit_error),
         AckMode::ClickHouse => {
             let (done, delivered) = tokio::sync::oneshot::channel();
             version
-                .submit(batch, quarantine, permit, batch_key, None, Some(done))
+                .submit(accepted, rejected, reservation, key, None, Some(done))
                 .map_err(submit_error)?;
             match delivered.await {
                 Ok(Ok(insert_id)) => {
-                    tracing::debug!(%stream, %request_id, %batch_id, %insert_id, accepted, rejected, "batch delivered");
+                    tracing::debug!(%insert_id, "batch delivered");
+                    Ok(())
                 }
                 Ok(Err(SinkError::Retryable(reason))) => {
-                    tracing::warn!(%stream, %request_id, %batch_id, %reason, "batch not delivered");
-                    return Err(ApiError::Unavailable);
+                    tracing::warn!(%reason, "batch not delivered");
+                    Err(ApiError::Unavailable)
                 }
                 Ok(Err(SinkError::Permanent { code, message })) => {
-                    tracing::error!(%stream, %request_id, %batch_id, code, %message, "clickhouse refused the batch");
-                    return Err(ApiError::Refused {
-                        request_id: request_id.to_string(),
-                    });
+                    tracing::error!(code, %message, "clickhouse refused the batch");
+                    Err(ApiError::Refused)
                 }
-                Err(_) => return Err(ApiError::ShuttingDown),
+                Err(_) => Err(ApiError::ShuttingDown),
             }
         }
     }
-    if let Some(claim) = claim {
-        claim.commit();
-    }
-    answer(errors)
 }
 
 fn submit_error(err: SubmitError) -> ApiError {
