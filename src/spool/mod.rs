@@ -456,10 +456,10 @@ impl Writer {
     }
 
     fn sync(&mut self) {
-        if let Some((_, file)) = &self.file {
-            if let Err(err) = file.sync_data() {
-                tracing::error!(error = %err, "spool fdatasync failed");
-            }
+        if let Some((_, file)) = &self.file
+            && let Err(err) = file.sync_data()
+        {
+            tracing::error!(error = %err, "spool fdatasync failed");
         }
         self.dirty = false;
         self.last_sync = Instant::now();
