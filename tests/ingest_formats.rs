@@ -135,6 +135,18 @@ async fn every_format_lands_the_rows_it_carries() {
     }
     let landed = access_rows(&server).await;
     assert_eq!(landed.len(), sent.len(), "one row per request id");
+    // Every insert carries its insert id as query_id and asks for log_queries=1, so
+    // system.query_log (off by default on 18.16) records it.
+    server.clickhouse.exec("SYSTEM FLUSH LOGS").await;
+    let logged = server
+        .clickhouse
+        .rows(&format!(
+            "SELECT sum(written_rows) AS rows FROM system.query_log WHERE type = 2 \
+             AND query_id LIKE 'sluice-%' AND query LIKE 'INSERT INTO {}.edge_access %'",
+            server.clickhouse.database
+        ))
+        .await;
+    assert_eq!(logged[0]["rows"], "1600", "{logged:?}");
     for (row, principal) in &sent {
         let got = landed
             .get(&row.req_id)
