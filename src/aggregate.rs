@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::sink::{BatchKey, SinkError};
 use crate::spool::RecordId;
+use crate::validate::RequestContext;
 
 /// What a request learns once its rows are delivered: the insert id that carried them.
 pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
@@ -23,8 +24,9 @@ pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
 /// when every part is.
 pub struct Receipt {
     remaining: AtomicUsize,
-    /// The batch's (principal, batch id), how ClickHouse can be asked whether it has the rows.
-    pub key: Option<BatchKey>,
+    /// The verified context of the request: its (principal, batch id) is how ClickHouse can be
+    /// asked whether it has the rows, and it labels rows sent to quarantine.
+    pub context: Option<Arc<RequestContext>>,
     /// The spool record the rows were derived from, confirmed once every part is delivered.
     pub spool_id: Option<RecordId>,
     /// Told when every part is confirmed by ClickHouse, or when one finally fails.
@@ -34,16 +36,28 @@ pub struct Receipt {
 impl Receipt {
     pub fn new(
         parts: usize,
-        key: Option<BatchKey>,
+        context: Option<Arc<RequestContext>>,
         spool_id: Option<RecordId>,
         done: Option<oneshot::Sender<Delivery>>,
     ) -> Arc<Receipt> {
         Arc::new(Receipt {
             remaining: AtomicUsize::new(parts),
-            key,
+            context,
             spool_id,
             done: Mutex::new(done),
         })
+    }
+
+    /// The (principal, batch id) that identifies the request's rows in ClickHouse.
+    pub fn key(&self) -> Option<BatchKey> {
+        self.context
+            .as_ref()
+            .map(|c| (c.principal.clone(), c.batch_id.clone()))
+    }
+
+    /// Whether a sender waits for the outcome (its batch is not acknowledged yet).
+    pub fn has_waiter(&self) -> bool {
+        self.done.lock().unwrap().is_some()
     }
 
     /// Records the outcome of one part; true when it completed the receipt (every part
@@ -88,12 +102,10 @@ pub struct FlushLimits {
 /// Rows ready to be encoded as one insert, and the requests waiting for them.
 #[derive(Default)]
 pub struct Pending {
-    pub batches: Vec<RecordBatch>,
+    /// Each request's rows (possibly none) with its receipt.
+    pub parts: Vec<(Arc<Receipt>, RecordBatch)>,
     pub rows: usize,
     pub bytes: usize,
-    pub receipts: Vec<Arc<Receipt>>,
-    /// Rows of each receipt in this insert (same order as `receipts`).
-    pub part_rows: Vec<usize>,
     /// In-flight memory held by these rows until they are delivered.
     pub memory: Vec<OwnedSemaphorePermit>,
 }
@@ -125,13 +137,9 @@ impl Accumulator {
         drop(permit);
         self.pending.memory.extend(memory);
         self.oldest.get_or_insert(now);
-        self.pending.receipts.push(receipt);
-        self.pending.part_rows.push(batch.num_rows());
         self.pending.rows += batch.num_rows();
         self.pending.bytes += batch.get_array_memory_size();
-        if batch.num_rows() > 0 {
-            self.pending.batches.push(batch);
-        }
+        self.pending.parts.push((receipt, batch));
         if self.pending.rows >= self.limits.max_rows || self.pending.bytes >= self.limits.max_bytes
         {
             return Some(self.take());
@@ -159,7 +167,7 @@ impl Accumulator {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.receipts.is_empty()
+        self.pending.parts.is_empty()
     }
 }
 
@@ -197,11 +205,8 @@ mod tests {
         let flushed = accumulator
             .push(submission(6).0, start)
             .expect("12 rows ≥ 10");
-        assert_eq!(
-            (flushed.rows, flushed.batches.len(), flushed.receipts.len()),
-            (12, 2, 2)
-        );
-        let spool_ids: Vec<_> = flushed.receipts.iter().map(|r| r.spool_id).collect();
+        assert_eq!((flushed.rows, flushed.parts.len()), (12, 2));
+        let spool_ids: Vec<_> = flushed.parts.iter().map(|(r, _)| r.spool_id).collect();
         assert_eq!(spool_ids, [Some(6), Some(6)]);
         assert!(accumulator.is_empty() && accumulator.deadline().is_none());
 

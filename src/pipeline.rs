@@ -27,7 +27,7 @@ use crate::encode::{self, Compression, NativeColumn};
 use crate::schema::{ContextField, Schema, SchemaSet};
 use crate::sink::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
-use crate::validate::{CompiledSchema, StreamOptions};
+use crate::validate::{CompiledSchema, QuarantineBuilder, RequestContext, StreamOptions};
 
 /// One stream version: its compiled schema and the ways to its accumulators.
 pub struct StreamVersion {
@@ -102,17 +102,73 @@ struct EncodedInsert {
     request: InsertRequest,
     /// Released once the insert is settled.
     memory: Vec<OwnedSemaphorePermit>,
-    receipts: Vec<Arc<Receipt>>,
+    /// Each request's rows in this insert, with its receipt.
+    parts: Vec<(Arc<Receipt>, RecordBatch)>,
+    /// Where rows go that ClickHouse refuses for good (raw tables only).
+    fallback: Option<Arc<Fallback>>,
     /// Rows per batch in this insert, to ask ClickHouse whether an insert of unknown outcome
     /// went in after all.
     expected: HashMap<BatchKey, u64>,
 }
 
+/// The quarantine lane of a stream: where rows go that ClickHouse refuses for good.
+struct Fallback {
+    compiled: Arc<CompiledSchema>,
+    quarantine: crossbeam_channel::Sender<Submission>,
+}
+
+impl Fallback {
+    /// Sends each acknowledged part's rows to quarantine, as JSON with ClickHouse's reason; their
+    /// receipts complete once the quarantine insert does. The other parts are returned.
+    fn quarantine(
+        &self,
+        parts: Vec<(Arc<Receipt>, RecordBatch)>,
+        reason: &str,
+    ) -> Vec<(Arc<Receipt>, RecordBatch)> {
+        let mut unsent = Vec::new();
+        for (receipt, batch) in parts {
+            // A sender still waiting for its answer (ack = "clickhouse") hears of the refusal
+            // instead: its rows were never acknowledged.
+            let Some(context) = receipt.context.clone().filter(|_| !receipt.has_waiter()) else {
+                unsent.push((receipt, batch));
+                continue;
+            };
+            let mut json = Vec::new();
+            let written = {
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut json);
+                writer.write(&batch).and_then(|()| writer.finish())
+            };
+            if written.is_err() {
+                unsent.push((receipt, batch));
+                continue;
+            }
+            let mut rows = QuarantineBuilder::default();
+            for (line, raw) in String::from_utf8_lossy(&json).lines().enumerate() {
+                rows.push(line as u32 + 1, "", reason, raw);
+            }
+            let submission = Submission {
+                batch: rows.finish(&self.compiled, &context),
+                receipt: receipt.clone(),
+                permit: None,
+                memory: None,
+            };
+            if self.quarantine.send(submission).is_err() {
+                unsent.push((receipt, batch));
+            }
+        }
+        unsent
+    }
+}
+
 /// Tells every receipt the outcome of the insert that carried (part of) its rows, and confirms
 /// the spool records whose rows are now all delivered.
-fn settle(receipts: Vec<Arc<Receipt>>, outcome: &Delivery, spool: Option<&Spool>) {
+fn settle<'a>(
+    receipts: impl IntoIterator<Item = &'a Arc<Receipt>>,
+    outcome: &Delivery,
+    spool: Option<&Spool>,
+) {
     let completed: Vec<RecordId> = receipts
-        .iter()
+        .into_iter()
         .filter(|receipt| receipt.part_delivered(outcome))
         .filter_map(|receipt| receipt.spool_id)
         .collect();
@@ -159,7 +215,9 @@ impl Pipeline {
                 .map_err(|err| anyhow::anyhow!("streams ({}): {err}", schema.stream))?;
             let compiled = Arc::new(compiled);
             // One accumulator for the stream's table, one for its quarantine table.
-            let lane = |table_schema: &Arc<Schema>, arrow_schema: &SchemaRef| {
+            let lane = |table_schema: &Arc<Schema>,
+                        arrow_schema: &SchemaRef,
+                        fallback: Option<Arc<Fallback>>| {
                 // Unbounded: the semaphore bounds it, so that a place can be taken before the
                 // batch is spooled.
                 let (submissions, receiver) = crossbeam_channel::unbounded();
@@ -178,6 +236,7 @@ impl Pipeline {
                 ));
                 let worker = AccumulatorThread {
                     spool: delivered.spool.clone(),
+                    fallback,
                     schema: table_schema.clone(),
                     arrow_schema: arrow_schema.clone(),
                     target: target.clone(),
@@ -200,9 +259,16 @@ impl Pipeline {
                     )
                 })
             };
-            let (raw_thread, raw) = lane(schema, &compiled.arrow_schema)?;
-            let (quarantine_thread, quarantine) =
-                lane(&compiled.quarantine, &compiled.quarantine_arrow_schema)?;
+            let (quarantine_thread, quarantine) = lane(
+                &compiled.quarantine,
+                &compiled.quarantine_arrow_schema,
+                None,
+            )?;
+            let fallback = Arc::new(Fallback {
+                compiled: compiled.clone(),
+                quarantine: quarantine.submissions.clone(),
+            });
+            let (raw_thread, raw) = lane(schema, &compiled.arrow_schema, Some(fallback))?;
             accumulators.extend([raw_thread, quarantine_thread]);
             streams.entry(schema.stream.clone()).or_default().insert(
                 schema.version,
@@ -293,7 +359,7 @@ impl StreamVersion {
         accepted: RecordBatch,
         rejected: RecordBatch,
         reservation: Reservation,
-        key: BatchKey,
+        context: Arc<RequestContext>,
         spool_id: Option<RecordId>,
         done: Option<oneshot::Sender<Delivery>>,
     ) -> Result<(), SubmitError> {
@@ -302,7 +368,7 @@ impl StreamVersion {
                 .into_iter()
                 .filter(|(_, batch)| batch.num_rows() > 0)
                 .collect();
-        let receipt = Receipt::new(parts.len(), Some(key), spool_id, done);
+        let receipt = Receipt::new(parts.len(), Some(context), spool_id, done);
         if parts.is_empty() {
             receipt.part_delivered(&Ok(Arc::from("")));
             return Ok(());
@@ -325,6 +391,7 @@ impl StreamVersion {
 
 struct AccumulatorThread {
     spool: Option<Arc<Spool>>,
+    fallback: Option<Arc<Fallback>>,
     schema: Arc<Schema>,
     arrow_schema: SchemaRef,
     target: Arc<TableTarget>,
@@ -364,25 +431,29 @@ impl AccumulatorThread {
 
     fn flush(&self, pending: Pending) {
         let Pending {
-            batches,
+            parts,
             rows,
-            receipts,
-            part_rows,
             memory,
             ..
         } = pending;
-        let mut expected: HashMap<BatchKey, u64> = HashMap::new();
-        for (receipt, rows) in receipts.iter().zip(&part_rows) {
-            if let Some(key) = &receipt.key {
-                *expected.entry(key.clone()).or_default() += *rows as u64;
-            }
-        }
+        let receipts = || parts.iter().map(|(receipt, _)| receipt);
         if rows == 0 {
             // Only empty parts: nothing to insert, nothing to wait for.
-            settle(receipts, &Ok(Arc::from("")), self.spool.as_deref());
+            settle(receipts(), &Ok(Arc::from("")), self.spool.as_deref());
             return;
         }
+        let mut expected: HashMap<BatchKey, u64> = HashMap::new();
+        for (receipt, batch) in &parts {
+            if let Some(key) = receipt.key() {
+                *expected.entry(key).or_default() += batch.num_rows() as u64;
+            }
+        }
         let started = Instant::now();
+        let batches: Vec<&RecordBatch> = parts
+            .iter()
+            .map(|(_, batch)| batch)
+            .filter(|batch| batch.num_rows() > 0)
+            .collect();
         let request = match self.encode(&batches, rows) {
             Ok(request) => request,
             Err(err) => {
@@ -391,7 +462,7 @@ impl AccumulatorThread {
                     code: 0,
                     message: format!("encoding failed: {err}"),
                 };
-                settle(receipts, &Err(error), None);
+                settle(receipts(), &Err(error), None);
                 return;
             }
         };
@@ -400,16 +471,17 @@ impl AccumulatorThread {
         let insert = EncodedInsert {
             request,
             memory,
-            receipts,
+            parts,
+            fallback: self.fallback.clone(),
             expected,
         };
         if let Err(err) = self.inserts.blocking_send(insert) {
             let error = SinkError::Retryable("sluice is shutting down".to_string());
-            settle(err.0.receipts, &Err(error), None);
+            settle(err.0.parts.iter().map(|(r, _)| r), &Err(error), None);
         }
     }
 
-    fn encode(&self, batches: &[RecordBatch], rows: usize) -> anyhow::Result<InsertRequest> {
+    fn encode(&self, batches: &[&RecordBatch], rows: usize) -> anyhow::Result<InsertRequest> {
         let columns: Vec<NativeColumn<'_>> = self
             .schema
             .columns
@@ -421,9 +493,12 @@ impl AccumulatorThread {
             .collect();
         let merged;
         let batch = match batches {
-            [single] => single,
+            [single] => *single,
             _ => {
-                merged = arrow_select::concat::concat_batches(&self.arrow_schema, batches)?;
+                merged = arrow_select::concat::concat_batches(
+                    &self.arrow_schema,
+                    batches.iter().copied(),
+                )?;
                 &merged
             }
         };
@@ -479,16 +554,33 @@ async fn dispatch(
                 &delivered,
             )
             .await;
-            if let (Err(error), Some(_)) = (&outcome, &delivered.spool) {
+            if let (Err(error @ SinkError::Retryable(_)), Some(_)) = (&outcome, &delivered.spool) {
                 tracing::error!(
                     insert_id = %insert.request.insert_id,
-                    requests = insert.receipts.len(),
+                    requests = insert.parts.len(),
                     %error,
                     "insert not delivered; its records stay in the spool for the next start"
                 );
             }
+            let mut parts = insert.parts;
+            if let (Err(SinkError::Permanent { message, .. }), Some(fallback)) =
+                (&outcome, &insert.fallback)
+            {
+                // Refused for good (a type or schema mismatch): the rows go to quarantine with
+                // ClickHouse's reason rather than being dropped or retried forever.
+                tracing::error!(insert_id = %insert.request.insert_id, %message,
+                    "clickhouse refused the rows; they go to the quarantine table");
+                let table = insert.request.target.table.clone();
+                metrics::counter!("sluice_rows_refused_total", "table" => table)
+                    .increment(insert.request.rows as u64);
+                parts = fallback.quarantine(parts, message);
+            }
             let delivery: Delivery = outcome.map(|()| insert.request.insert_id.clone());
-            settle(insert.receipts, &delivery, delivered.spool.as_deref());
+            settle(
+                parts.iter().map(|(r, _)| r),
+                &delivery,
+                delivered.spool.as_deref(),
+            );
             drop(insert.memory);
             drop(permit);
         });

@@ -220,6 +220,7 @@ async fn replay(
                     "clickhouse holds part of a spooled batch; replaying the part whole (some rows will be doubled)");
             }
             let encoding = crate::decode::content_encoding(record.content_encoding.as_deref())?;
+            let context = Arc::new(record.context.clone());
             let compiled = version.compiled.clone();
             let limits = config.limits.body_limits();
             let validated = tokio::task::spawn_blocking(move || {
@@ -253,7 +254,7 @@ async fn replay(
                 .reserve_waiting(raw.get_array_memory_size() + quarantine.get_array_memory_size())
                 .await;
             version
-                .submit(raw, quarantine, permit, key, Some(id), None)
+                .submit(raw, quarantine, permit, context, Some(id), None)
                 .map_err(|err| anyhow::anyhow!("spool replay: {err}"))?;
             replayed += 1;
         }

@@ -602,3 +602,54 @@ async fn inserts_fail_over_to_the_next_endpoint() {
     }
     assert_eq!(clickhouse.count("edge_access").await, 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_clickhouse_refuses_go_to_quarantine() {
+    let spool = tempfile::tempdir().unwrap();
+    let extra = format!("[spool]\ndir = \"{}\"\n", spool.path().display());
+    let server = common::server::TestServer::start_with("refused", &extra, |_| {}).await;
+    let db = server.clickhouse.database.clone();
+    // Schema drift: the table lost a column sluice writes.
+    server
+        .clickhouse
+        .exec(&format!("ALTER TABLE {db}.edge_access DROP COLUMN country"))
+        .await;
+    let client = server.client(Some("client-a"));
+    let rows = Generator::new(77).edge_access(50);
+    let body = generator::encode_access(&rows, Format::Ndjson);
+    let (status, answer) = common::server::post(
+        &client,
+        &server.url("edge_access"),
+        "application/x-ndjson",
+        None,
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "acknowledged once spooled: {answer}");
+    let started = Instant::now();
+    while server.clickhouse.count("edge_access_quarantine").await < 50
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quarantined = server
+        .clickhouse
+        .rows(&format!(
+            "SELECT line, error, raw FROM {db}.edge_access_quarantine ORDER BY line"
+        ))
+        .await;
+    assert_eq!(quarantined.len(), 50, "every refused row is kept");
+    let error = quarantined[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("Code: 16") && error.contains("country"),
+        "{error}"
+    );
+    let raw: serde_json::Value =
+        serde_json::from_str(quarantined[0]["raw"].as_str().unwrap()).unwrap();
+    assert!(
+        rows.iter().any(|r| raw["request_id"] == r.req_id.as_str()),
+        "{raw}"
+    );
+    assert_eq!(server.clickhouse.count("edge_access").await, 0);
+    server.stop().await;
+}

@@ -21,7 +21,6 @@ use crate::config::AckMode;
 use crate::decode;
 use crate::dedup::Claim;
 use crate::pipeline::{Reservation, StreamVersion, SubmitError};
-use crate::sink::BatchKey;
 use crate::sink::SinkError;
 use crate::spool::{SpoolError, SpoolRecord};
 use crate::validate::{self, RequestContext, RowError, ValidatedBatch};
@@ -194,6 +193,7 @@ async fn handle(
             body,
         }
     };
+    let shared_context = Arc::new(context.clone());
     let compiled = version.compiled.clone();
     let limits = config.limits.body_limits();
     // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
@@ -290,9 +290,17 @@ async fn handle(
     let reservation = version
         .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
         .map_err(submit_error)?;
-    let key = (principal.name.clone(), batch_id.clone());
     let record = || spool_record(accepted as u32, rejected as u32);
-    acknowledge(state, version, batch, quarantine, reservation, key, record).await?;
+    acknowledge(
+        state,
+        version,
+        batch,
+        quarantine,
+        reservation,
+        shared_context,
+        record,
+    )
+    .await?;
     if let Some(claim) = claim {
         claim.commit();
     }
@@ -307,7 +315,7 @@ async fn acknowledge(
     accepted: RecordBatch,
     rejected: RecordBatch,
     reservation: Reservation,
-    key: BatchKey,
+    context: Arc<RequestContext>,
     spool_record: impl FnOnce() -> SpoolRecord,
 ) -> Result<(), ApiError> {
     match state.config.ingest.ack {
@@ -327,16 +335,23 @@ async fn acknowledge(
                     }
                 })?;
             version
-                .submit(accepted, rejected, reservation, key, Some(record_id), None)
+                .submit(
+                    accepted,
+                    rejected,
+                    reservation,
+                    context,
+                    Some(record_id),
+                    None,
+                )
                 .map_err(submit_error)
         }
         AckMode::Memory => version
-            .submit(accepted, rejected, reservation, key, None, None)
+            .submit(accepted, rejected, reservation, context, None, None)
             .map_err(submit_error),
         AckMode::ClickHouse => {
             let (done, delivered) = tokio::sync::oneshot::channel();
             version
-                .submit(accepted, rejected, reservation, key, None, Some(done))
+                .submit(accepted, rejected, reservation, context, None, Some(done))
                 .map_err(submit_error)?;
             match delivered.await {
                 Ok(Ok(insert_id)) => {

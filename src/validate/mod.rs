@@ -504,14 +504,9 @@ impl BatchBuilder<'_> {
     /// Counts and reports a rejected row and keeps it for the quarantine table.
     fn reject(&mut self, line: usize, field: Option<String>, reason: String, raw: &[u8]) {
         self.rejected += 1;
-        self.quarantine.line.append_value(line as u32);
-        self.quarantine
-            .field
-            .append_value(field.as_deref().unwrap_or(""));
-        self.quarantine.error.append_value(&reason);
-        self.quarantine
-            .raw
-            .append_value(String::from_utf8_lossy(raw));
+        let raw = String::from_utf8_lossy(raw);
+        let field_name = field.as_deref().unwrap_or("");
+        self.quarantine.push(line as u32, field_name, &reason, &raw);
         if self.errors.len() < self.max_errors {
             self.errors.push(RowError {
                 line,
@@ -522,9 +517,10 @@ impl BatchBuilder<'_> {
     }
 }
 
-/// Rejected rows on their way to the stream's quarantine table (see [`quarantine::COLUMNS`]).
+/// Rejected rows on their way to the stream's quarantine table (see [`quarantine::COLUMNS`]):
+/// rows that failed validation, and rows ClickHouse refused.
 #[derive(Default)]
-struct QuarantineBuilder {
+pub struct QuarantineBuilder {
     line: UInt32Builder,
     field: StringBuilder,
     error: StringBuilder,
@@ -532,7 +528,15 @@ struct QuarantineBuilder {
 }
 
 impl QuarantineBuilder {
-    fn finish(&mut self, compiled: &CompiledSchema, context: &RequestContext) -> RecordBatch {
+    pub fn push(&mut self, line: u32, field: &str, error: &str, raw: &str) {
+        self.line.append_value(line);
+        self.field.append_value(field);
+        self.error.append_value(error);
+        self.raw.append_value(raw);
+    }
+
+    /// The quarantine rows of one request.
+    pub fn finish(&mut self, compiled: &CompiledSchema, context: &RequestContext) -> RecordBatch {
         let rows = self.line.len();
         let repeat = |text: &str| -> ArrayRef {
             Arc::new(arrow_array::StringArray::from_iter_values(
