@@ -653,3 +653,78 @@ async fn rows_clickhouse_refuses_go_to_quarantine() {
     assert_eq!(server.clickhouse.count("edge_access").await, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_spool_tail_is_reported_and_the_records_before_it_delivered() {
+    let clickhouse = TestClickHouse::new("torn").await;
+    // First run: ClickHouse unreachable, so the records stay in the spool.
+    let mut sluice = Sluice::new("http://127.0.0.1:1", &clickhouse.database, "");
+    let config = std::fs::read_to_string(&sluice.config).unwrap();
+    std::fs::write(
+        &sluice.config,
+        config.replace("apply_schema = true", "apply_schema = false"),
+    )
+    .unwrap();
+    sluice.start().await;
+    let client = sluice.client();
+    let mut batches = Vec::new();
+    for seed in 0..3 {
+        let rows = Generator::new(600 + seed).edge_access(200);
+        let body = generator::encode_access(&rows, Format::Ndjson);
+        let response = client
+            .post(sluice.url())
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        batches.push(rows);
+    }
+    sluice.kill();
+    // A crash in the middle of writing the last record.
+    let spool_dir = sluice.dir.path().join("spool");
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    // Second run, ClickHouse back.
+    std::fs::write(
+        &sluice.config,
+        config.replace("http://127.0.0.1:1", &clickhouse.url),
+    )
+    .unwrap();
+    sluice.start().await;
+    let ledger = Ledger {
+        acknowledged: batches[..2]
+            .iter()
+            .flatten()
+            .map(|r| r.req_id.clone())
+            .collect(),
+        ..Default::default()
+    };
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    assert_eq!(
+        clickhouse.count("edge_access").await,
+        400,
+        "the torn third record is gone, the two before it arrived"
+    );
+    assert!(
+        sluice
+            .log()
+            .contains("spool segment has a torn or corrupt tail"),
+        "the damage is reported:\n{}",
+        sluice.log()
+    );
+    sluice.terminate();
+}
