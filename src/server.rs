@@ -35,7 +35,14 @@ impl Server {
         config: Config,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Server> {
-        let sink = Arc::new(ClickHouseSink::new(&config.clickhouse));
+        let c = &config.clickhouse;
+        // The server version decides what inserts may ask for; an unreachable server (sluice
+        // starts during an outage) is taken as the oldest supported one.
+        let version = check::server_version(&ch::client(&c.url, &c.user, &c.password)).await;
+        if let Err(err) = &version {
+            tracing::warn!(error = %err, "clickhouse version unknown; inserts use what 18.16 supports");
+        }
+        let sink = Arc::new(ClickHouseSink::new(c, version.ok()));
         Server::start_with_sink(config, sink, metrics).await
     }
 

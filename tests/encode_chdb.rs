@@ -109,3 +109,52 @@ fn the_current_engine_reads_wide_low_cardinality_indexes() {
         assert_eq!(*row, expected, "row {i}");
     }
 }
+
+/// The DDL for modern servers (with `non_replicated_deduplication_window`) runs on the current
+/// engine, and an insert retried with the same `insert_deduplication_token` (sluice sends its
+/// insert id) is stored once.
+#[test]
+fn modern_ddl_and_deduplication_tokens_work_on_the_current_engine() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "schema",
+            "ddl",
+            "--schemas",
+            "schemas",
+            "--server-version",
+            "26.9",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = dir.path().join("ddl.sql");
+    std::fs::write(&ddl, &output.stdout).unwrap();
+    let python = std::env::var("CHDB_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chdb/dedup_token.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&ddl)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("cannot run {python:?} (set CHDB_PYTHON to a Python that has `chdb`): {err}")
+        });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        result["tables"],
+        serde_json::json!([
+            "sluice.edge_access",
+            "sluice.edge_access_quarantine",
+            "sluice.edge_events",
+            "sluice.edge_events_quarantine"
+        ])
+    );
+    assert_eq!(result["rows_after_retry"], 1, "the retry was deduplicated");
+    assert_eq!(result["rows_after_new_insert"], 2);
+}

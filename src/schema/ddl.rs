@@ -35,6 +35,12 @@ impl ServerVersion {
     pub fn low_cardinality_is_experimental(self) -> bool {
         !self.at_least(19, 9)
     }
+
+    /// `insert_deduplication_token` and `non_replicated_deduplication_window` (22.2+): a retried
+    /// insert with the same token is stored once, on plain MergeTree too.
+    pub fn supports_deduplication_token(self) -> bool {
+        self.at_least(22, 2)
+    }
 }
 
 impl fmt::Display for ServerVersion {
@@ -82,6 +88,11 @@ pub fn create_table(schema: &Schema, database: &str, server: ServerVersion) -> S
     let _ = write!(sql, "\nORDER BY ({})", schema.table.order_by.join(", "));
     if let Some(ttl) = schema.table.ttl.as_ref().filter(|_| server.supports_ttl()) {
         let _ = write!(sql, "\nTTL {ttl}");
+    }
+    if server.supports_deduplication_token() && !schema.table.engine.starts_with("Replicated") {
+        // Replicated tables deduplicate by themselves; plain MergeTree needs a window for the
+        // insert ids sluice sends as insert_deduplication_token.
+        sql.push_str("\nSETTINGS non_replicated_deduplication_window = 1000");
     }
     let mut settings = Vec::new();
     if server.low_cardinality_is_experimental()
@@ -154,7 +165,9 @@ mod tests {
             "ENGINE = MergeTree()\nPARTITION BY toYYYYMMDD(time)\nORDER BY (host, time)"
         ));
         let new = create_table(access, "sluice", ServerVersion::parse("24.8.4.13").unwrap());
-        assert!(new.sql.ends_with("TTL time + INTERVAL 30 DAY"));
+        assert!(new.sql.ends_with(
+            "TTL time + INTERVAL 30 DAY\nSETTINGS non_replicated_deduplication_window = 1000"
+        ));
         assert!(new.settings.is_empty());
     }
 }

@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use super::breaker::Breaker;
 use super::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::config::ClickHouseConfig;
+use crate::schema::ddl::ServerVersion;
 
 /// Inserts go to the first endpoint whose breaker lets them through: `clickhouse.url`, then
 /// `clickhouse.failover_urls` in order (replicas of the same tables).
 pub struct ClickHouseSink {
     endpoints: Vec<Endpoint>,
     timeout: Duration,
+    /// Send the insert id as `insert_deduplication_token` (servers 22.2+), so that a retry of
+    /// an insert whose answer was lost is stored once by the server itself.
+    deduplication_token: bool,
 }
 
 struct Endpoint {
@@ -25,7 +29,7 @@ struct Endpoint {
 }
 
 impl ClickHouseSink {
-    pub fn new(config: &ClickHouseConfig) -> ClickHouseSink {
+    pub fn new(config: &ClickHouseConfig, server: Option<ServerVersion>) -> ClickHouseSink {
         let urls = std::iter::once(&config.url).chain(&config.failover_urls);
         ClickHouseSink {
             endpoints: urls
@@ -36,6 +40,7 @@ impl ClickHouseSink {
                 })
                 .collect(),
             timeout: Duration::from_secs(config.insert_timeout_secs),
+            deduplication_token: server.is_some_and(ServerVersion::supports_deduplication_token),
         }
     }
 
@@ -90,6 +95,10 @@ impl ClickHouseSink {
             .with_timeouts(Some(self.timeout), Some(self.timeout));
         if request.framed {
             insert = insert.with_setting("decompress", "1");
+        }
+        if self.deduplication_token {
+            insert =
+                insert.with_setting("insert_deduplication_token", request.insert_id.to_string());
         }
         insert.send(request.body.clone()).await.map_err(classify)?;
         insert.end().await.map_err(classify)
