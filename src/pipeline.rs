@@ -554,7 +554,9 @@ async fn dispatch(
                 &delivered,
             )
             .await;
-            if let (Err(error @ SinkError::Retryable(_)), Some(_)) = (&outcome, &delivered.spool) {
+            if let (Err(error), Some(_)) = (&outcome, &delivered.spool)
+                && error.is_retryable()
+            {
                 tracing::error!(
                     insert_id = %insert.request.insert_id,
                     requests = insert.parts.len(),
@@ -601,68 +603,95 @@ async fn deliver(
 ) -> Result<(), SinkError> {
     let table = request.target.table.clone();
     let mut attempt = 1;
+    // Set once an attempt may have been applied although it failed (its answer was lost): from
+    // then on the insert is sent again only after ClickHouse says its rows are not there.
+    let mut uncertain = false;
     loop {
-        let started = Instant::now();
-        let result = sink.insert(request).await;
-        metrics::histogram!("sluice_insert_seconds", "table" => table.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                metrics::counter!("sluice_inserts_total", "table" => table.clone(), "result" => "ok")
-                    .increment(1);
-                metrics::counter!("sluice_insert_rows_total", "table" => table.clone())
-                    .increment(request.rows as u64);
-                metrics::counter!("sluice_insert_bytes_total", "table" => table)
-                    .increment(request.body.len() as u64);
-                tracing::debug!(insert_id = %request.insert_id, rows = request.rows, "insert confirmed");
-                return Ok(());
-            }
-            Err(error) => {
-                metrics::counter!("sluice_inserts_total", "table" => table.clone(), "result" => error.class())
-                    .increment(1);
-                let keep_trying =
-                    delivered.spool.is_some() && !delivered.shutting_down.load(Ordering::Relaxed);
-                if !error.is_retryable() || (attempt >= attempts && !keep_trying) {
-                    tracing::warn!(insert_id = %request.insert_id, attempt, %error, "insert failed");
-                    return Err(error);
-                }
-                // The insert may have gone in even though its answer was lost (a connection cut
-                // after the server read it): ask before sending it again, or rows double.
-                if already_stored(sink, request, expected).await {
-                    tracing::info!(insert_id = %request.insert_id, %error, "insert failed to answer but its rows are stored");
+        let result = if uncertain {
+            match stored(sink, request, expected).await {
+                Stored::All => {
+                    tracing::info!(insert_id = %request.insert_id, "an insert of unknown outcome is stored");
                     return Ok(());
                 }
-                let backoff = backoff(attempt);
-                tracing::info!(insert_id = %request.insert_id, attempt, %error, ?backoff, "insert will be retried");
-                tokio::time::sleep(backoff).await;
-                attempt += 1;
+                Stored::Unknown(error) => Err(error),
+                Stored::None | Stored::Part => insert(sink, request, &table).await,
             }
+        } else {
+            insert(sink, request, &table).await
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        uncertain |= matches!(error, SinkError::Retryable(_));
+        let keep_trying =
+            delivered.spool.is_some() && !delivered.shutting_down.load(Ordering::Relaxed);
+        if !error.is_retryable() || (attempt >= attempts && !keep_trying) {
+            tracing::warn!(insert_id = %request.insert_id, attempt, %error, "insert failed");
+            return Err(error);
         }
+        let backoff = backoff(attempt);
+        tracing::info!(insert_id = %request.insert_id, attempt, %error, ?backoff, "insert will be retried");
+        tokio::time::sleep(backoff).await;
+        attempt += 1;
     }
 }
 
-/// Whether ClickHouse holds every row of the insert (false when it cannot tell).
-async fn already_stored(
+/// One attempt, with its metrics.
+async fn insert(sink: &dyn Sink, request: &InsertRequest, table: &str) -> Result<(), SinkError> {
+    let started = Instant::now();
+    let result = sink.insert(request).await;
+    metrics::histogram!("sluice_insert_seconds", "table" => table.to_string())
+        .record(started.elapsed().as_secs_f64());
+    let class = match &result {
+        Ok(()) => "ok",
+        Err(error) => error.class(),
+    };
+    metrics::counter!("sluice_inserts_total", "table" => table.to_string(), "result" => class)
+        .increment(1);
+    if result.is_ok() {
+        metrics::counter!("sluice_insert_rows_total", "table" => table.to_string())
+            .increment(request.rows as u64);
+        metrics::counter!("sluice_insert_bytes_total", "table" => table.to_string())
+            .increment(request.body.len() as u64);
+        tracing::debug!(insert_id = %request.insert_id, rows = request.rows, "insert confirmed");
+    }
+    result
+}
+
+/// What ClickHouse holds of an insert's rows.
+enum Stored {
+    All,
+    None,
+    Part,
+    /// It cannot be asked (unreachable, or the table has no batch-key columns).
+    Unknown(SinkError),
+}
+
+async fn stored(
     sink: &dyn Sink,
     request: &InsertRequest,
     expected: &HashMap<BatchKey, u64>,
-) -> bool {
+) -> Stored {
     if expected.is_empty() || request.target.batch_key_columns.is_none() {
-        return false;
+        // No way to tell: sending again risks doubles, not sending risks loss; send.
+        return Stored::None;
     }
     let keys: Vec<BatchKey> = expected.keys().cloned().collect();
     match sink.stored_rows(&request.target, &keys).await {
         Ok(found) => {
-            let stored = |key: &BatchKey| found.get(key).copied().unwrap_or(0);
-            let all = expected.iter().all(|(key, rows)| stored(key) >= *rows);
-            let none = expected.keys().all(|key| stored(key) == 0);
-            if !all && !none {
+            let count = |key: &BatchKey| found.get(key).copied().unwrap_or(0);
+            if expected.iter().all(|(key, rows)| count(key) >= *rows) {
+                Stored::All
+            } else if expected.keys().all(|key| count(key) == 0) {
+                Stored::None
+            } else {
                 tracing::error!(insert_id = %request.insert_id,
                     "clickhouse holds part of an insert of unknown outcome; sending it again whole");
+                Stored::Part
             }
-            all
         }
-        Err(_) => false,
+        Err(error) => Stored::Unknown(error),
     }
 }
 

@@ -236,7 +236,7 @@ async fn assert_exactly_once(clickhouse: &TestClickHouse, ledger: &Ledger, sluic
             .iter()
             .map(|r| r["request_id"].as_str().unwrap().to_string())
             .collect();
-        if ledger.acknowledged.is_subset(&stored) || started.elapsed() > Duration::from_secs(60) {
+        if ledger.acknowledged.is_subset(&stored) || started.elapsed() > Duration::from_secs(120) {
             break stored;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

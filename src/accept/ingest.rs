@@ -358,7 +358,7 @@ async fn acknowledge(
                     tracing::debug!(%insert_id, "batch delivered");
                     Ok(())
                 }
-                Ok(Err(SinkError::Retryable(reason))) => {
+                Ok(Err(SinkError::Retryable(reason) | SinkError::Unreachable(reason))) => {
                     tracing::warn!(%reason, "batch not delivered");
                     Err(ApiError::Unavailable)
                 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// Failures in a row that open the breaker.
 const FAILURES_TO_OPEN: u32 = 3;
 const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
-const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
+const MAX_COOL_DOWN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -60,7 +60,7 @@ impl ClickHouseSink {
             .filter_map(|e| e.breaker.lock().unwrap().retry_at())
             .min()
             .map(|at| at.saturating_duration_since(now));
-        Err(SinkError::Retryable(format!(
+        Err(SinkError::Unreachable(format!(
             "every clickhouse endpoint is failing; next trial in {:.1} s",
             next.unwrap_or_default().as_secs_f64()
         )))
@@ -73,7 +73,7 @@ impl ClickHouseSink {
                 breaker.success();
                 true
             }
-            Err(SinkError::Retryable(_)) => {
+            Err(SinkError::Retryable(_) | SinkError::Unreachable(_)) => {
                 breaker.failure(Instant::now());
                 false
             }
@@ -124,7 +124,7 @@ impl Sink for ClickHouseSink {
             self.record(endpoint, &outcome);
             match outcome {
                 // Nothing was sent: the next endpoint may take it at once.
-                Err(SinkError::Retryable(message)) if is_connect_error(&message) => {
+                Err(SinkError::Unreachable(message)) => {
                     tracing::warn!(endpoint = %endpoint.url, %message, "clickhouse endpoint unreachable");
                     continue;
                 }
@@ -192,7 +192,14 @@ const PERMANENT_CODES: &[(u32, &str)] = &[
 pub fn classify(error: clickhouse::error::Error) -> SinkError {
     match error {
         clickhouse::error::Error::BadResponse(message) => classify_message(&message),
-        other => SinkError::Retryable(other.to_string()),
+        other => {
+            let message = other.to_string();
+            if is_connect_error(&message) {
+                SinkError::Unreachable(message)
+            } else {
+                SinkError::Retryable(message)
+            }
+        }
     }
 }
 

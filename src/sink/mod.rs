@@ -64,9 +64,14 @@ pub struct InsertRequest {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SinkError {
-    /// Worth retrying: network trouble, timeouts, server overload, 5xx without a permanent code.
+    /// Worth retrying, and the insert may have been applied: the connection broke or timed out
+    /// after the body went out, server overload, 5xx without a permanent code.
     #[error("clickhouse unavailable: {0}")]
     Retryable(String),
+    /// Worth retrying, and nothing was applied: the connection could not be opened, or every
+    /// endpoint's circuit breaker is open.
+    #[error("clickhouse unreachable: {0}")]
+    Unreachable(String),
     /// The same insert would fail again: type mismatch, unknown table, no rights.
     #[error("clickhouse refused the insert (code {code}): {message}")]
     Permanent { code: u32, message: String },
@@ -74,13 +79,14 @@ pub enum SinkError {
 
 impl SinkError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Retryable(_))
+        matches!(self, SinkError::Retryable(_) | SinkError::Unreachable(_))
     }
 
     /// A short label for metrics.
     pub fn class(&self) -> &'static str {
         match self {
             SinkError::Retryable(_) => "retryable",
+            SinkError::Unreachable(_) => "unreachable",
             SinkError::Permanent { .. } => "permanent",
         }
     }
