@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice::decode::{self, ContentEncoding, DecodeOptions};
-use sluice::encode::{self, Compression, NativeColumn};
+use sluice::encode::{self, Compression};
 use sluice::schema::SchemaSet;
 use sluice::validate::{CompiledSchema, RequestContext, StreamOptions, ValidatedBatch};
 use sluice_loadtest::generator::{self, Encoding, Format, Generator};
@@ -104,15 +104,7 @@ fn encode_native(c: &mut Criterion) {
         decode::BodyFormat::Ndjson,
     )
     .batch;
-    let columns: Vec<NativeColumn<'_>> = compiled
-        .schema
-        .columns
-        .iter()
-        .map(|c| NativeColumn {
-            name: c.name(),
-            ch_type: &c.ch_type,
-        })
-        .collect();
+    let columns = encode::native_columns(&compiled.schema);
     let mut native = Vec::new();
     encode::write_native_block(&columns, &batch, &mut native).unwrap();
 

@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Receipt, Submission};
 use crate::config::Config;
-use crate::encode::{self, Compression, NativeColumn};
+use crate::encode::{self, Compression};
 use crate::schema::{ContextField, Schema, SchemaSet};
 use crate::sink::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
@@ -482,15 +482,7 @@ impl AccumulatorThread {
     }
 
     fn encode(&self, batches: &[&RecordBatch], rows: usize) -> anyhow::Result<InsertRequest> {
-        let columns: Vec<NativeColumn<'_>> = self
-            .schema
-            .columns
-            .iter()
-            .map(|c| NativeColumn {
-                name: c.name(),
-                ch_type: &c.ch_type,
-            })
-            .collect();
+        let columns = encode::native_columns(&self.schema);
         let merged;
         let batch = match batches {
             [single] => *single,

@@ -42,6 +42,20 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+impl Accepted {
+    /// An answer that stores nothing: Logpush's probe, or a duplicate batch.
+    fn nothing(batch_id: String, request_id: &str, duplicate: bool) -> Accepted {
+        Accepted {
+            accepted: 0,
+            rejected: 0,
+            batch_id,
+            request_id: request_id.to_string(),
+            errors: Vec::new(),
+            duplicate,
+        }
+    }
+}
+
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
@@ -222,14 +236,7 @@ async fn handle(
 
     let Some((validated, digest)) = validated else {
         // Logpush's destination probe: acknowledged, nothing stored.
-        return Ok(Accepted {
-            accepted: 0,
-            rejected: 0,
-            batch_id,
-            request_id: request_id.to_string(),
-            errors: Vec::new(),
-            duplicate: false,
-        });
+        return Ok(Accepted::nothing(batch_id, request_id, false));
     };
     let ValidatedBatch {
         batch,
@@ -272,14 +279,7 @@ async fn handle(
         Some(Claim::Duplicate) => {
             metrics::counter!("sluice_duplicate_batches_total", "stream" => stream.to_string())
                 .increment(1);
-            return Ok(Accepted {
-                accepted: 0,
-                rejected: 0,
-                batch_id,
-                request_id: request_id.to_string(),
-                errors: Vec::new(),
-                duplicate: true,
-            });
+            return Ok(Accepted::nothing(batch_id, request_id, true));
         }
         Some(Claim::Conflict) => return Err(ApiError::BatchIdConflict { batch_id }),
         Some(Claim::New(guard)) => Some(guard),

@@ -21,3 +21,15 @@ pub mod native;
 
 pub use frame::{Compression, MAX_FRAME_INPUT_BYTES, write_compressed_frames};
 pub use native::{EncodeError, NativeColumn, write_native_block};
+
+/// The Native columns of a schema's table, in order.
+pub fn native_columns(schema: &crate::schema::Schema) -> Vec<NativeColumn<'_>> {
+    schema
+        .columns
+        .iter()
+        .map(|c| NativeColumn {
+            name: c.name(),
+            ch_type: &c.ch_type,
+        })
+        .collect()
+}
