@@ -18,6 +18,7 @@ pub mod pacing;
 pub mod pool;
 pub mod procstat;
 pub mod report;
+pub mod run;
 pub mod scenario;
 pub mod send;
 pub mod svg;
@@ -30,5 +31,6 @@ pub use generator::{
     EdgeAccess, EdgeEvent, Encoding, Format, Generator, GeneratorConfig, compress,
     ds2_sample_batch, ds2_sample_batch_at, encode_access, encode_events,
 };
+pub use run::{RunOptions, RunOutcome, run};
 pub use scenario::Scenario;
 pub use send::{SendOptions, SendReport, Stream, send};

@@ -306,7 +306,8 @@ pub struct Baseline {
     /// At most this many rows (default: as many as sluice acknowledged, up to this).
     #[serde(default = "default_baseline_rows")]
     pub max_rows: u64,
-    /// Rows per INSERT (about what sluice's `batch.max_rows` gives it).
+    /// Rows per INSERT, rounded up to whole pooled bodies (default: sluice's default
+    /// `batch.max_rows`).
     #[serde(default = "default_rows_per_insert")]
     pub rows_per_insert: u64,
     /// INSERTs in flight at once.
