@@ -221,6 +221,8 @@ pub struct Efficiency {
 pub struct TimelinePoint {
     /// Seconds from the start of sending (bucket start).
     pub t: f64,
+    /// Bucket length: 1 s, the last one shorter.
+    pub width_secs: f64,
     pub acked_rows: u64,
     pub batches: u64,
     pub failed_batches: u64,
@@ -499,16 +501,16 @@ pub fn render_html(r: &RunResult) -> String {
     table(&mut h, &["", ""], &rows);
 
     h.push_str("<h2>Throughput</h2>");
-    let acked: Vec<(f64, f64)> = r
-        .timeline
-        .iter()
-        .map(|p| (p.t, p.acked_rows as f64))
-        .collect();
-    let failed: Vec<(f64, f64)> = r
-        .timeline
-        .iter()
-        .map(|p| (p.t, p.failed_batches as f64))
-        .collect();
+    // Rates at bucket midpoints; a last bucket under 0.2 s is too short to say much.
+    let rate = |f: fn(&TimelinePoint) -> u64| -> Vec<(f64, f64)> {
+        r.timeline
+            .iter()
+            .filter(|p| p.width_secs >= 0.2)
+            .map(|p| (p.t + p.width_secs / 2.0, f(p) as f64 / p.width_secs))
+            .collect()
+    };
+    let acked = rate(|p| p.acked_rows);
+    let failed = rate(|p| p.failed_batches);
     let mut series = vec![Series {
         name: "rows acknowledged per second".into(),
         color: BLUE,
@@ -867,6 +869,7 @@ mod tests {
             timeline: (0..5)
                 .map(|i| TimelinePoint {
                     t: i as f64,
+                    width_secs: 1.0,
                     acked_rows: 1000 * i,
                     batches: i,
                     failed_batches: u64::from(i == 3),

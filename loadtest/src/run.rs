@@ -727,6 +727,7 @@ async fn send_phase(
         .sort_by(|a, b| a.sent.batch_id.cmp(&b.sent.batch_id));
     for (i, b) in stats.buckets.iter_mut().enumerate() {
         b.t = i as f64;
+        b.width_secs = (wall_secs - b.t).clamp(0.0, 1.0);
     }
     Ok(Sent {
         batches: stats.batches,
