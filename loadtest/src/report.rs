@@ -161,10 +161,15 @@ pub struct Phase {
     /// Start → rows visible in ClickHouse.
     pub drain_secs: f64,
     pub settle_secs: f64,
+    /// Every acknowledged row arrived.
     pub drained: bool,
+    /// Merges and CPU went quiet before `measure.settle_max_secs`.
+    pub settled: bool,
     pub sluice_cpu_secs: Option<f64>,
     /// Raw CPU of the ClickHouse server over the window.
     pub clickhouse_cpu_secs: Option<f64>,
+    /// The part of it after the rows had arrived (merges, mostly).
+    pub clickhouse_cpu_secs_after_drain: Option<f64>,
     /// Minus its idle rate × window.
     pub clickhouse_net_cpu_secs: Option<f64>,
     pub harness_cpu_secs: Option<f64>,
@@ -629,6 +634,7 @@ pub fn render_html(r: &RunResult) -> String {
             format!("{:.2}", p.window_secs),
             opt(p.sluice_cpu_secs, 2),
             opt(p.clickhouse_cpu_secs, 2),
+            opt(p.clickhouse_cpu_secs_after_drain, 2),
             opt(p.clickhouse_net_cpu_secs, 2),
             opt(p.harness_cpu_secs, 2),
             opt(p.sluice_peak_rss_mib, 0),
@@ -647,6 +653,7 @@ pub fn render_html(r: &RunResult) -> String {
             "window s",
             "sluice CPU s",
             "ClickHouse CPU s",
+            "of it after the rows arrived",
             "net of idle",
             "generator CPU s",
             "sluice peak MiB",

@@ -219,6 +219,13 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
     for table in &tables {
         rows_before.insert(*table, ch.active_rows(&db, table).await?);
     }
+    let held: u64 = rows_before.values().sum();
+    if held > 0 {
+        notes.push(format!(
+            "sluice's tables held {} rows before the run: ClickHouse's merges with them count in the sluice phase (an empty database gives comparable figures)",
+            crate::report::thousands(held as f64)
+        ));
+    }
     say!(
         options,
         "sending to {} over {} connections",
@@ -247,26 +254,23 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
         Duration::from_secs_f64(scenario.measure.drain_timeout_secs),
     )
     .await?;
-    let drain_secs = phase_start.at.elapsed().as_secs_f64();
+    let phase_drained = snapshot(&sluice_probe, &clickhouse_probe, &harness_probe);
     if !drained {
         notes.push(format!(
             "the acknowledged rows did not all reach ClickHouse within {} s without progress",
             scenario.measure.drain_timeout_secs
         ));
     }
-    let settle_secs = settle(&scenario, &idle, &sluice_probe, &clickhouse_probe).await;
+    say!(options, "waiting for merges and CPU to settle");
+    let settled = settle(&scenario, &idle, &sluice_probe, &clickhouse_probe, &ch, &db).await;
     let phase_end = snapshot(&sluice_probe, &clickhouse_probe, &harness_probe);
     let rows_acked: u64 = expected_per_table.values().sum();
     let sluice_phase = phase(
         rows_acked,
-        &phase_start,
-        &phase_end,
+        [&phase_start, &phase_drained, &phase_end],
         &idle,
-        drain_secs,
-        settle_secs,
-        drained,
+        (drained, settled),
         &sampler,
-        &sampler.snapshot(),
     );
 
     // 6. verification
@@ -380,18 +384,16 @@ fn cpu_delta(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
     Some((b?.cpu_secs - a?.cpu_secs).max(0.0))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A phase's figures from its snapshots: start (first request), drained (rows in ClickHouse),
+/// end (settled).
 fn phase(
     rows: u64,
-    start: &Snapshot,
-    end: &Snapshot,
+    [start, drained_at, end]: [&Snapshot; 3],
     idle: &Idle,
-    drain_secs: f64,
-    settle_secs: f64,
-    drained: bool,
+    (drained, settled): (bool, bool),
     sampler: &Sampler,
-    samples: &[Sample],
 ) -> Phase {
+    let samples = sampler.snapshot();
     let window_secs = end.at.duration_since(start.at).as_secs_f64();
     let t0 = start.at.duration_since(sampler.started).as_secs_f64();
     let t1 = end.at.duration_since(sampler.started).as_secs_f64();
@@ -415,11 +417,13 @@ fn phase(
     Phase {
         rows,
         window_secs,
-        drain_secs,
-        settle_secs,
+        drain_secs: drained_at.at.duration_since(start.at).as_secs_f64(),
+        settle_secs: end.at.duration_since(drained_at.at).as_secs_f64(),
         drained,
+        settled,
         sluice_cpu_secs: cpu_delta(start.sluice, end.sluice),
         clickhouse_cpu_secs: clickhouse_cpu,
+        clickhouse_cpu_secs_after_drain: cpu_delta(drained_at.clickhouse, end.clickhouse),
         clickhouse_net_cpu_secs: clickhouse_cpu
             .map(|c| (c - idle.clickhouse_cores.unwrap_or(0.0) * window_secs).max(0.0)),
         harness_cpu_secs: cpu_delta(start.harness, end.harness),
@@ -463,17 +467,21 @@ async fn drain(
     }
 }
 
-/// Waits until sluice and ClickHouse each use less than their idle rate plus
-/// `measure.settle_cpu_cores` over half a second (at most `measure.settle_max_secs`); returns
-/// the time waited.
+/// Waits until the phase's work is over: ClickHouse runs no merge in `database`, and sluice and
+/// ClickHouse each use no more than their idle rate plus `measure.settle_cpu_cores`, for
+/// `measure.settle_quiet_secs` in a row (checked every half second); at most
+/// `measure.settle_max_secs`. Merges come in bursts with pauses between them, hence the streak.
 async fn settle(
     scenario: &Scenario,
     idle: &Idle,
     sluice: &Option<Probe>,
     clickhouse: &Option<Probe>,
-) -> f64 {
+    ch: &ClickHouseHttp,
+    database: &str,
+) -> bool {
     let start = Instant::now();
     let max = Duration::from_secs_f64(scenario.measure.settle_max_secs);
+    let quiet_needed = Duration::from_secs_f64(scenario.measure.settle_quiet_secs);
     let watched: Vec<(&Probe, f64)> = [
         (sluice.as_ref(), idle.sluice_cores),
         (clickhouse.as_ref(), idle.clickhouse_cores),
@@ -481,24 +489,29 @@ async fn settle(
     .into_iter()
     .filter_map(|(p, idle)| Some((p?, idle.unwrap_or(0.0) + scenario.measure.settle_cpu_cores)))
     .collect();
-    if watched.is_empty() {
-        return 0.0;
-    }
+    let merges = format!("SELECT count() FROM system.merges WHERE database = '{database}'");
     let step = Duration::from_millis(500);
+    let mut quiet_since: Option<Instant> = None;
     while start.elapsed() < max {
         let before: Vec<f64> = watched.iter().map(|(p, _)| p.cpu_secs()).collect();
         let t = Instant::now();
         tokio::time::sleep(step).await;
         let secs = t.elapsed().as_secs_f64();
-        let quiet = watched
+        let cpu_quiet = watched
             .iter()
             .zip(before)
             .all(|((p, limit), b)| (p.cpu_secs() - b) / secs <= *limit);
-        if quiet {
-            break;
+        let no_merges = ch.number(&merges).await.map_or(true, |n| n == 0);
+        if cpu_quiet && no_merges {
+            let since = *quiet_since.get_or_insert(t);
+            if since.elapsed() >= quiet_needed {
+                return true;
+            }
+        } else {
+            quiet_since = None;
         }
     }
-    start.elapsed().as_secs_f64()
+    false
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1075,21 +1088,18 @@ async fn baseline_inner(
             first_error.get_or_insert(e);
         }
     }
-    let insert_secs = start.at.elapsed().as_secs_f64();
+    let inserted = snapshot(sluice, clickhouse, harness);
+    let insert_secs = inserted.at.duration_since(start.at).as_secs_f64();
     result.insert_wall_secs = insert_secs;
     result.rows_per_sec = rows as f64 / insert_secs.max(1e-9);
-    let settle_secs = settle(scenario, idle, sluice, clickhouse).await;
+    let settled = settle(scenario, idle, sluice, clickhouse, ch, &cfg.database).await;
     let end = snapshot(sluice, clickhouse, harness);
     result.phase = phase(
         rows,
-        &start,
-        &end,
+        [&start, &inserted, &end],
         idle,
-        insert_secs,
-        settle_secs,
-        true,
+        (true, settled),
         sampler,
-        &sampler.snapshot(),
     );
     if let Some(e) = first_error {
         return Err(e);
@@ -1244,11 +1254,18 @@ fn assemble(a: Assembly<'_>) -> RunResult {
     if !sp.drained {
         notes.push("sluice phase: not every acknowledged row arrived".into());
     }
-    if sp.settle_secs >= s.measure.settle_max_secs {
-        notes.push(format!(
-            "sluice phase: the servers did not go quiet within {} s (CPU window closed anyway)",
-            s.measure.settle_max_secs
-        ));
+    for (name, p) in [
+        ("sluice", Some(sp)),
+        ("baseline", a.baseline.as_ref().map(|b| &b.phase)),
+    ] {
+        if let Some(p) = p
+            && !p.settled
+        {
+            notes.push(format!(
+                "{name} phase: merges or CPU did not settle within {} s; the CPU window closed anyway",
+                s.measure.settle_max_secs
+            ));
+        }
     }
     RunResult {
         scenario: s.name.clone(),

@@ -256,9 +256,13 @@ pub struct Measure {
     /// to go quiet before a phase's CPU window closes.
     #[serde(default = "default_settle_max_secs")]
     pub settle_max_secs: f64,
-    /// "Quiet": each process uses less than this many cores over half a second.
+    /// "Quiet": no merge running in the phase's database, and each process using at most its
+    /// idle rate plus this many cores ...
     #[serde(default = "default_settle_cores")]
     pub settle_cpu_cores: f64,
+    /// ... for this many seconds in a row.
+    #[serde(default = "default_settle_quiet_secs")]
+    pub settle_quiet_secs: f64,
     /// Give up waiting for acknowledged rows to appear in ClickHouse after this many seconds
     /// without progress.
     #[serde(default = "default_drain_timeout")]
@@ -272,7 +276,10 @@ fn default_idle_secs() -> f64 {
     1.0
 }
 fn default_settle_max_secs() -> f64 {
-    10.0
+    30.0
+}
+fn default_settle_quiet_secs() -> f64 {
+    2.0
 }
 fn default_settle_cores() -> f64 {
     0.05
@@ -288,6 +295,7 @@ impl Default for Measure {
             idle_secs: default_idle_secs(),
             settle_max_secs: default_settle_max_secs(),
             settle_cpu_cores: default_settle_cores(),
+            settle_quiet_secs: default_settle_quiet_secs(),
             drain_timeout_secs: default_drain_timeout(),
         }
     }
@@ -303,7 +311,8 @@ pub struct Baseline {
     /// Database of the baseline tables (created; tables are replaced at every run).
     #[serde(default = "default_baseline_database")]
     pub database: String,
-    /// At most this many rows (default: as many as sluice acknowledged, up to this).
+    /// As many rows as sluice acknowledged (the same payload, so that both tables see the same
+    /// merges), but at most this many.
     #[serde(default = "default_baseline_rows")]
     pub max_rows: u64,
     /// Rows per INSERT, rounded up to whole pooled bodies (default: sluice's default
@@ -335,7 +344,7 @@ fn default_baseline_database() -> String {
     "sluice_lt_baseline".to_string()
 }
 fn default_baseline_rows() -> u64 {
-    1_000_000
+    10_000_000
 }
 fn default_rows_per_insert() -> u64 {
     100_000
@@ -531,6 +540,7 @@ impl Scenario {
             ("measure.idle_secs", self.measure.idle_secs),
             ("measure.settle_max_secs", self.measure.settle_max_secs),
             ("measure.settle_cpu_cores", self.measure.settle_cpu_cores),
+            ("measure.settle_quiet_secs", self.measure.settle_quiet_secs),
             ("decode_only.secs", self.decode_only.secs),
         ] {
             if !(0.0..=600.0).contains(&v) {

@@ -240,7 +240,8 @@ weight = 1
 [measure]
 sample_ms = 50
 idle_secs = 0.2
-settle_max_secs = 1.0
+settle_max_secs = 2.0
+settle_quiet_secs = 0.5
 drain_timeout_secs = 15
 [baseline]
 database = "{baseline_db}"
