@@ -66,6 +66,26 @@ pub fn parse_status(text: &str) -> Memory {
     memory
 }
 
+/// Busy CPU time of the whole machine, in clock ticks: the first (`cpu`) line of `/proc/stat`
+/// minus idle and iowait.
+pub fn parse_machine_busy_ticks(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    let total: u64 = v.iter().take(8).sum();
+    Some(total - v.get(3)? - v.get(4).copied().unwrap_or(0))
+}
+
+/// Busy CPU-seconds of the whole machine since boot.
+pub fn machine_busy_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    Some(parse_machine_busy_ticks(&text)? as f64 / clock_ticks_per_sec() as f64)
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -355,6 +375,17 @@ mod tests {
         );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let text = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\nintr 1\n";
+        assert_eq!(
+            parse_machine_busy_ticks(text),
+            Some(100 + 5 + 50 + 3 + 2 + 1)
+        );
+        assert_eq!(parse_machine_busy_ticks("intr 1\n"), None);
+        assert!(machine_busy_secs().unwrap() > 0.0);
     }
 
     #[test]

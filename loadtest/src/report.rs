@@ -173,6 +173,8 @@ pub struct Phase {
     /// Minus its idle rate × window.
     pub clickhouse_net_cpu_secs: Option<f64>,
     pub harness_cpu_secs: Option<f64>,
+    /// Average cores used by every other process on the machine over the window (contention).
+    pub other_cores: Option<f64>,
     pub sluice_peak_rss_mib: Option<f64>,
     /// sluice's VmHWM at the end (peak since it started).
     pub sluice_hwm_mib: Option<f64>,
@@ -637,6 +639,7 @@ pub fn render_html(r: &RunResult) -> String {
             opt(p.clickhouse_cpu_secs_after_drain, 2),
             opt(p.clickhouse_net_cpu_secs, 2),
             opt(p.harness_cpu_secs, 2),
+            opt(p.other_cores, 2),
             opt(p.sluice_peak_rss_mib, 0),
             opt(p.clickhouse_peak_rss_mib, 0),
         ]
@@ -656,6 +659,7 @@ pub fn render_html(r: &RunResult) -> String {
             "of it after the rows arrived",
             "net of idle",
             "generator CPU s",
+            "other processes, cores",
             "sluice peak MiB",
             "ClickHouse peak MiB",
         ],

@@ -366,6 +366,8 @@ fn unix_millis() -> u64 {
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
     at: Instant,
+    /// Busy CPU-seconds of the whole machine.
+    machine: Option<f64>,
     sluice: Option<ProcSample>,
     clickhouse: Option<ProcSample>,
     harness: Option<ProcSample>,
@@ -374,6 +376,7 @@ struct Snapshot {
 fn snapshot(sluice: &Option<Probe>, clickhouse: &Option<Probe>, harness: &Probe) -> Snapshot {
     Snapshot {
         at: Instant::now(),
+        machine: procstat::machine_busy_secs(),
         sluice: sluice.as_ref().and_then(Probe::read),
         clickhouse: clickhouse.as_ref().and_then(Probe::read),
         harness: harness.read(),
@@ -427,6 +430,15 @@ fn phase(
         clickhouse_net_cpu_secs: clickhouse_cpu
             .map(|c| (c - idle.clickhouse_cores.unwrap_or(0.0) * window_secs).max(0.0)),
         harness_cpu_secs: cpu_delta(start.harness, end.harness),
+        other_cores: end.machine.zip(start.machine).map(|(e, s)| {
+            let ours = [
+                cpu_delta(start.sluice, end.sluice),
+                clickhouse_cpu,
+                cpu_delta(start.harness, end.harness),
+            ];
+            let ours: f64 = ours.iter().flatten().sum();
+            ((e - s - ours) / window_secs.max(1e-9)).max(0.0)
+        }),
         sluice_peak_rss_mib: peak(|s| s.sluice),
         sluice_hwm_mib: end.sluice.map(|p| p.hwm_bytes as f64 / MIB),
         clickhouse_peak_rss_mib: peak(|s| s.clickhouse),
@@ -1258,6 +1270,14 @@ fn assemble(a: Assembly<'_>) -> RunResult {
         ("sluice", Some(sp)),
         ("baseline", a.baseline.as_ref().map(|b| &b.phase)),
     ] {
+        if let Some(other) = p.and_then(|p| p.other_cores)
+            && other > 0.25
+        {
+            notes.push(format!(
+                "{name} phase: other processes used {other:.2} cores on average (of {}): the machine was shared",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ));
+        }
         if let Some(p) = p
             && !p.settled
         {
