@@ -156,6 +156,8 @@ pub struct Idle {
 /// ClickHouse and both servers have gone quiet (merges included).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Phase {
+    /// Start, seconds from the first request of the sluice phase.
+    pub t_start: f64,
     pub rows: u64,
     pub window_secs: f64,
     /// Start → rows visible in ClickHouse.
@@ -433,7 +435,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom
 td.n{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#1a7f37;font-weight:600}.bad{color:#c0392b;font-weight:600}\
 svg{display:block;margin:10px 0;max-width:100%;height:auto}svg .title{font-weight:600;font-size:14px}\
 svg .tick,svg .legend{font-size:11px;fill:#444}svg .label{font-size:12px;fill:#444}svg .grid{stroke:#e6e6e6}\
-svg .empty{fill:#999}code{background:#f4f4f4;padding:1px 4px}";
+svg .empty{fill:#999}svg .marker{stroke:#555;stroke-dasharray:4 3}code{background:#f4f4f4;padding:1px 4px}";
 
 const BLUE: &str = "#1f77b4";
 const ORANGE: &str = "#ff7f0e";
@@ -537,6 +539,7 @@ pub fn render_html(r: &RunResult) -> String {
             y_label: "per second".into(),
             x_axis: XAxis::Linear,
             series,
+            markers: vec![],
         }
         .render(),
     );
@@ -561,6 +564,7 @@ pub fn render_html(r: &RunResult) -> String {
             y_label: "ms".into(),
             x_axis: XAxis::Percentile,
             series,
+            markers: vec![],
         }
         .render(),
     );
@@ -575,6 +579,10 @@ pub fn render_html(r: &RunResult) -> String {
     );
 
     h.push_str("<h2>CPU and memory</h2>");
+    let mut markers = vec![(0.0, "sluice phase".to_string())];
+    if let Some(b) = &r.baseline {
+        markers.push((b.phase.t_start, "baseline".to_string()));
+    }
     let pick = |f: fn(&ResourcePoint) -> Option<f64>| -> Vec<(f64, f64)> {
         r.samples
             .iter()
@@ -584,8 +592,7 @@ pub fn render_html(r: &RunResult) -> String {
     h.push_str(
         &LineChart {
             title: "CPU (cores)".into(),
-            x_label: "seconds since the first request (baseline phase after the sluice phase)"
-                .into(),
+            x_label: "seconds since the first request".into(),
             y_label: "cores".into(),
             x_axis: XAxis::Linear,
             series: vec![
@@ -605,6 +612,7 @@ pub fn render_html(r: &RunResult) -> String {
                     points: pick(|p| p.harness_cores),
                 },
             ],
+            markers: markers.clone(),
         }
         .render(),
     );
@@ -626,6 +634,7 @@ pub fn render_html(r: &RunResult) -> String {
                     points: pick(|p| p.clickhouse_rss_mib),
                 },
             ],
+            markers,
         }
         .render(),
     );

@@ -327,6 +327,12 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
     };
     let send_start_t = phase_start.at.duration_since(sampler.started).as_secs_f64();
     let samples = sampler.finish();
+    let mut sluice_phase = sluice_phase;
+    let mut baseline = baseline;
+    sluice_phase.t_start -= send_start_t;
+    if let Some(b) = baseline.as_mut() {
+        b.phase.t_start -= send_start_t;
+    }
 
     // 8. report
     let resource_points = resource_points(&samples, send_start_t);
@@ -418,6 +424,7 @@ fn phase(
     };
     let clickhouse_cpu = cpu_delta(start.clickhouse, end.clickhouse);
     Phase {
+        t_start: t0,
         rows,
         window_secs,
         drain_secs: drained_at.at.duration_since(start.at).as_secs_f64(),

@@ -28,6 +28,8 @@ pub struct LineChart {
     pub y_label: String,
     pub x_axis: XAxis,
     pub series: Vec<Series>,
+    /// Labelled vertical lines (x, label), e.g. where a phase starts.
+    pub markers: Vec<(f64, String)>,
 }
 
 const W: f64 = 720.0;
@@ -182,6 +184,21 @@ impl LineChart {
             TOP + ph / 2.0,
             escape(&self.y_label)
         );
+        for (x, label) in &self.markers {
+            let x = tx(*x);
+            if x < x0 || x > x1 {
+                continue;
+            }
+            let _ = write!(
+                svg,
+                r#"<line x1="{sx:.1}" y1="{TOP}" x2="{sx:.1}" y2="{:.1}" class="marker"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
+                TOP + ph,
+                sx(x) + 4.0,
+                TOP + ph - 6.0,
+                escape(label),
+                sx = sx(x)
+            );
+        }
         // Lines and legend.
         for (i, s) in self.series.iter().enumerate() {
             let path: Vec<String> = s
@@ -296,12 +313,14 @@ mod tests {
                     points: vec![(1.0, 1.0)],
                 },
             ],
+            markers: vec![(1.5, "baseline".into()), (99.0, "off the chart".into())],
         };
         let svg = chart.render();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("rows &lt;acked&gt; &amp; &quot;sent&quot;"));
         assert!(svg.contains("a&lt;b"));
         assert!(svg.contains("<polyline") && svg.contains("<circle"));
+        assert!(svg.contains(">baseline<") && !svg.contains("off the chart"));
         // The only URL is the SVG namespace.
         assert_eq!(svg.matches("http").count(), 1);
         let empty = LineChart {
@@ -324,6 +343,7 @@ mod tests {
                 color: "#000",
                 points: vec![(0.0, 1.0), (50.0, 2.0), (99.0, 5.0), (99.9, 9.0)],
             }],
+            markers: vec![],
         };
         let svg = chart.render();
         assert!(svg.contains(">99.9<") && svg.contains(">99<"));
