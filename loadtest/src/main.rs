@@ -173,7 +173,7 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
-    /// Only the summary table (no phase messages).
+    /// Only the summary table (no phase messages, no progress bar).
     #[arg(long, short)]
     quiet: bool,
 }
@@ -244,7 +244,7 @@ async fn main() -> ExitCode {
 async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(&args.scenario, &args.overrides())?;
     let options = RunOptions {
-        progress: !args.no_progress,
+        progress: !args.no_progress && !args.quiet,
         verbose: !args.quiet,
     };
     let outcome = sluice_loadtest::run(scenario, options).await?;
