@@ -106,10 +106,18 @@ pub fn mtls_client_from_pem(
 /// gets a (ring, trust-nothing) TLS config: an `https://` URL fails the handshake instead of
 /// panicking.
 pub fn plain_client() -> anyhow::Result<reqwest::Client> {
+    plain_client_builder()?
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// The builder behind [`plain_client`], for callers that set their own timeouts and pool.
+pub fn plain_client_builder() -> anyhow::Result<reqwest::ClientBuilder> {
     let config = rustls::ClientConfig::builder_with_provider(ring())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    client_with_tls(config)
+    Ok(reqwest::Client::builder().use_preconfigured_tls(config))
 }

@@ -1,4 +1,5 @@
-//! `sluice-loadtest`: post seeded edge traffic to sluice, or write a body to stdout.
+//! `sluice-loadtest`: run a load-test scenario against sluice, post seeded edge traffic to it, or
+//! write a body to stdout.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use sluice_loadtest::generator::{
     Encoding, Format, Generator, GeneratorConfig, compress, encode_access, encode_events,
 };
+use sluice_loadtest::report::summary_table;
 use sluice_loadtest::send::{SendOptions, Stream, send, unique_batch_prefix};
-use sluice_loadtest::{mtls_client, plain_client, tls_config};
+use sluice_loadtest::{RunOptions, Scenario, mtls_client, plain_client, tls_config};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a load-test scenario against a running sluice and its ClickHouse: send, verify,
+    /// measure CPU and memory, compare with direct JSONEachRow inserts, write JSON and HTML.
+    Run(Box<RunArgs>),
     /// Generate batches and POST them to a sluice stream URL.
     Send(SendArgs),
     /// Write one generated body (encoded and compressed) to stdout.
@@ -106,6 +111,112 @@ struct SendArgs {
 }
 
 #[derive(Args)]
+struct RunArgs {
+    /// Scenario file (TOML), e.g. loadtest/scenarios/smoke.toml.
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Override any scenario key (repeatable): --set load.rate=50000, --set streams.0.format=csv,
+    /// --set streams.*.encoding=identity.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// sluice's ingest base URL (target.url), e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    url: Option<String>,
+    /// CA certificate (target.ca).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (target.cert).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key (target.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// sluice's pid (target.pid; default: found by the URL's port).
+    #[arg(long)]
+    sluice_pid: Option<u32>,
+    /// ClickHouse HTTP URL (clickhouse.url).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// The database sluice writes to (clickhouse.database).
+    #[arg(long)]
+    database: Option<String>,
+    /// ClickHouse server's pid (clickhouse.pid; default: found by the URL's port).
+    #[arg(long)]
+    clickhouse_pid: Option<u32>,
+    /// Seconds to send for (load.duration_secs).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Rows to send (load.rows).
+    #[arg(long)]
+    rows: Option<u64>,
+    /// Rows per second, 0 = as fast as possible (load.rate).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections (load.connections).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Body format of every stream entry: ndjson | json | csv | delimited.
+    #[arg(long)]
+    format: Option<String>,
+    /// Content encoding of every stream entry: identity | gzip | zstd.
+    #[arg(long)]
+    encoding: Option<String>,
+    /// Directory for the JSON and HTML results (output.dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the direct JSONEachRow baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Skip the decode-only reference.
+    #[arg(long)]
+    no_decode_only: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Only the summary table (no phase messages, no progress bar).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    /// The shorthand flags as `--set` overrides, after the explicit ones.
+    fn overrides(&self) -> Vec<String> {
+        let text = |v: &str| toml::Value::String(v.to_string()).to_string();
+        let path = |p: &PathBuf| text(&p.to_string_lossy());
+        let mut o = self.sets.clone();
+        let mut set = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                o.push(format!("{key}={v}"));
+            }
+        };
+        set("target.url", self.url.as_deref().map(text));
+        set("target.ca", self.ca.as_ref().map(path));
+        set("target.cert", self.cert.as_ref().map(path));
+        set("target.key", self.key.as_ref().map(path));
+        set("target.pid", self.sluice_pid.map(|v| v.to_string()));
+        set("clickhouse.url", self.clickhouse_url.as_deref().map(text));
+        set("clickhouse.database", self.database.as_deref().map(text));
+        set("clickhouse.pid", self.clickhouse_pid.map(|v| v.to_string()));
+        set(
+            "load.duration_secs",
+            self.duration.map(|v| format!("{v:?}")),
+        );
+        set("load.rows", self.rows.map(|v| v.to_string()));
+        set("load.rate", self.rate.map(|v| format!("{v:?}")));
+        set("load.connections", self.connections.map(|v| v.to_string()));
+        set("streams.*.format", self.format.as_deref().map(text));
+        set("streams.*.encoding", self.encoding.as_deref().map(text));
+        set("output.dir", self.out.as_ref().map(path));
+        set("baseline.enabled", self.no_baseline.then(|| "false".into()));
+        set(
+            "decode_only.enabled",
+            self.no_decode_only.then(|| "false".into()),
+        );
+        o
+    }
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     /// edge_access | edge_events.
     #[arg(long, default_value = "edge_access")]
@@ -117,6 +228,7 @@ struct GenerateArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Run(args) => run_scenario(*args).await,
         Command::Send(args) => run_send(args).await,
         Command::Generate(args) => run_generate(args),
     };
@@ -127,6 +239,23 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(&args.scenario, &args.overrides())?;
+    let options = RunOptions {
+        progress: !args.no_progress && !args.quiet,
+        verbose: !args.quiet,
+    };
+    let outcome = sluice_loadtest::run(scenario, options).await?;
+    print!("{}", summary_table(&outcome.result));
+    println!("result: {}", outcome.json_path.display());
+    println!("report: {}", outcome.html_path.display());
+    Ok(if outcome.result.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
