@@ -18,9 +18,11 @@ pub enum State {
         until: Instant,
         cool_down: Duration,
     },
-    /// One trial request is out.
+    /// One trial request is out since `since`; if it never reports back, another is allowed
+    /// after a cool-down.
     HalfOpen {
         cool_down: Duration,
+        since: Instant,
     },
 }
 
@@ -49,7 +51,17 @@ impl Breaker {
         match self.state {
             State::Closed { .. } => true,
             State::Open { until, cool_down } if now >= until => {
-                self.state = State::HalfOpen { cool_down };
+                self.state = State::HalfOpen {
+                    cool_down,
+                    since: now,
+                };
+                true
+            }
+            State::HalfOpen { cool_down, since } if now >= since + cool_down => {
+                self.state = State::HalfOpen {
+                    cool_down,
+                    since: now,
+                };
                 true
             }
             State::Open { .. } | State::HalfOpen { .. } => false,
@@ -69,7 +81,7 @@ impl Breaker {
                 until: now + FIRST_COOL_DOWN,
                 cool_down: FIRST_COOL_DOWN,
             },
-            State::HalfOpen { cool_down } | State::Open { cool_down, .. } => {
+            State::HalfOpen { cool_down, .. } | State::Open { cool_down, .. } => {
                 let cool_down = (cool_down * 2).min(MAX_COOL_DOWN);
                 State::Open {
                     until: now + cool_down,
@@ -79,11 +91,12 @@ impl Breaker {
         };
     }
 
-    /// When the breaker lets a trial through, if it is open.
+    /// When the breaker lets the next trial through, unless it is closed.
     pub fn retry_at(&self) -> Option<Instant> {
         match self.state {
             State::Open { until, .. } => Some(until),
-            _ => None,
+            State::HalfOpen { cool_down, since } => Some(since + cool_down),
+            State::Closed { .. } => None,
         }
     }
 }
@@ -107,13 +120,17 @@ mod tests {
             "one trial after the cool-down"
         );
         assert!(!breaker.allow(t0 + FIRST_COOL_DOWN), "only one");
-        breaker.failure(t0 + FIRST_COOL_DOWN);
+        assert!(
+            breaker.allow(t0 + FIRST_COOL_DOWN * 2),
+            "a trial that never reports back does not keep the breaker shut"
+        );
+        breaker.failure(t0 + FIRST_COOL_DOWN * 2);
         assert_eq!(
             breaker.retry_at(),
-            Some(t0 + FIRST_COOL_DOWN * 3),
+            Some(t0 + FIRST_COOL_DOWN * 4),
             "cool-down doubled"
         );
-        assert!(breaker.allow(t0 + FIRST_COOL_DOWN * 3));
+        assert!(breaker.allow(t0 + FIRST_COOL_DOWN * 4));
         breaker.success();
         assert_eq!(breaker.state(), State::Closed { failures: 0 });
         for i in 0..20 {

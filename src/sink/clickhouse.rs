@@ -140,27 +140,44 @@ impl Sink for ClickHouseSink {
         target: &TableTarget,
         keys: &[BatchKey],
     ) -> Result<HashMap<BatchKey, u64>, SinkError> {
-        let mut found = HashMap::new();
         let Some((principal, batch_id)) = &target.batch_key_columns else {
-            return Ok(found);
+            return Ok(HashMap::new());
         };
         let endpoint = self.pick()?;
-        for chunk in keys.chunks(500) {
-            // 18.16 takes `IN ((…), (…))`, not an array: one placeholder pair per key.
-            let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
-            let mut query = endpoint.client.query(&format!(
-                "SELECT `{principal}`, `{batch_id}`, count() FROM {}.{} \
-                 WHERE (`{principal}`, `{batch_id}`) IN ({placeholders}) GROUP BY `{principal}`, `{batch_id}`",
-                target.database, target.table
-            ));
-            for (p, b) in chunk {
-                query = query.bind(p.as_str()).bind(b.as_str());
-            }
-            let rows: Vec<(String, String, u64)> = query.fetch_all().await.map_err(classify)?;
-            found.extend(rows.into_iter().map(|(p, b, n)| ((p, b), n)));
-        }
-        Ok(found)
+        let outcome = query_stored_rows(endpoint, target, principal, batch_id, keys).await;
+        // A probe is a trial like any request: its outcome feeds the endpoint's breaker.
+        self.record(
+            endpoint,
+            &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
+        outcome
     }
+}
+
+/// Rows per (principal, batch id) in the target table.
+async fn query_stored_rows(
+    endpoint: &Endpoint,
+    target: &TableTarget,
+    principal: &str,
+    batch_id: &str,
+    keys: &[BatchKey],
+) -> Result<HashMap<BatchKey, u64>, SinkError> {
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(500) {
+        // 18.16 takes `IN ((…), (…))`, not an array: one placeholder pair per key.
+        let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
+        let mut query = endpoint.client.query(&format!(
+            "SELECT `{principal}`, `{batch_id}`, count() FROM {}.{} \
+             WHERE (`{principal}`, `{batch_id}`) IN ({placeholders}) GROUP BY `{principal}`, `{batch_id}`",
+            target.database, target.table
+        ));
+        for (p, b) in chunk {
+            query = query.bind(p.as_str()).bind(b.as_str());
+        }
+        let rows: Vec<(String, String, u64)> = query.fetch_all().await.map_err(classify)?;
+        found.extend(rows.into_iter().map(|(p, b, n)| ((p, b), n)));
+    }
+    Ok(found)
 }
 
 /// A connection that could not be opened: the insert never left.
