@@ -12,6 +12,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::accept::tls::TlsConfig;
+use crate::auth::AuthConfig;
+use crate::auth::rate::RateLimitConfig;
+use crate::auth::secret::SecretRef;
 use crate::encode::Compression;
 use crate::schema::UnknownFields;
 use crate::spool::SpoolConfig;
@@ -40,6 +43,10 @@ pub struct Config {
     pub spool: Option<SpoolConfig>,
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// Listener-wide authentication settings (bearer JWTs, header-secret name, signature
+    /// window).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Batch-id deduplication (`X-Sluice-Batch-Id`). Kept in the spool directory when there is one.
@@ -253,7 +260,7 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
-    /// Name stored in the `_principal` audit column.
+    /// Name stored in the `_principal` audit column (and the principal claim of its tokens).
     pub name: String,
     /// Client-certificate identities that are this principal: a DNS or URI subject alternative
     /// name, or the subject common name.
@@ -261,12 +268,37 @@ pub struct PrincipalConfig {
     pub cert_names: Vec<String>,
     /// Streams it may write; `"*"` for all.
     pub streams: Vec<String>,
-    /// Origin (edge worker / property id) stored for its rows.
+    /// Origin (edge worker / property id) stored for its rows when the request has no
+    /// `X-Sluice-Origin` header.
     #[serde(default)]
     pub origin: String,
-    /// Region / PoP stored for its rows.
+    /// Origins it may claim in `X-Sluice-Origin` (`"*"`: any). Empty: only `origin` when that
+    /// is set, else any.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Region / PoP stored for its rows when the request has no `X-Sluice-Region` header.
     #[serde(default)]
     pub region: String,
+    /// Regions it may claim in `X-Sluice-Region`; same rules as `origins`.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Every batch must carry a valid `X-Sluice-Signature`, whatever else authenticates it.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Static secrets, any of which authenticates this principal in the `auth.secret_header`
+    /// header (several at once for rotation). From files or environment variables.
+    #[serde(default)]
+    pub header_secrets: Vec<SecretRef>,
+    /// HMAC keys for signed batches, each with the `id` senders name in `X-Sluice-Key-Id`.
+    #[serde(default)]
+    pub signing_keys: Vec<SecretRef>,
+    /// Token buckets for rows/s and bytes/s; over them: 429.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Largest body of one batch as sent, in bytes (at most `limits.max_body_bytes`). Over it:
+    /// 413.
+    pub max_batch_bytes: Option<usize>,
+    /// Most records in one batch (at most `limits.max_rows_per_batch`). Over it: 413.
+    pub max_batch_rows: Option<usize>,
     /// This sender URL-encodes text values (RFC 1738, `+` for space), as Akamai DataStream 2
     /// does in JSON and structured bodies: schema columns marked `url_decode` are decoded.
     /// Delimited (structured) bodies are always decoded.
@@ -497,6 +529,48 @@ impl Config {
                     "principals[{i}].streams: must name at least one stream or \"*\""
                 ));
             }
+            for (what, default, allowed) in [
+                ("origin", &principal.origin, &principal.origins),
+                ("region", &principal.region, &principal.regions),
+            ] {
+                if !default.is_empty() && !crate::auth::may_claim(default, allowed, default) {
+                    return Err(format!(
+                        "principals[{i}].{what}: {default:?} is not in principals[{i}].{what}s"
+                    ));
+                }
+            }
+            if let Some(limit) = &principal.rate_limit {
+                limit.validate(&format!("principals[{i}].rate_limit"))?;
+            }
+            for (key, value) in [
+                ("max_batch_bytes", principal.max_batch_bytes),
+                ("max_batch_rows", principal.max_batch_rows),
+            ] {
+                if value == Some(0) {
+                    return Err(format!("principals[{i}].{key}: must be greater than 0"));
+                }
+            }
+        }
+        let mut key_ids = std::collections::HashSet::new();
+        for (i, principal) in self.principals.iter().enumerate() {
+            for (j, key) in principal.signing_keys.iter().enumerate() {
+                match &key.id {
+                    None => {
+                        return Err(format!(
+                            "principals[{i}].signing_keys[{j}].id: required for a signing key"
+                        ));
+                    }
+                    Some(id) if !key_ids.insert(id) => {
+                        return Err(format!(
+                            "principals[{i}].signing_keys[{j}].id: {id:?} is already used"
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if self.auth.signature_window_secs == 0 {
+            return Err("auth.signature_window_secs: must be greater than 0".to_string());
         }
         let mut cert_names = std::collections::HashSet::new();
         for (i, principal) in self.principals.iter().enumerate() {
@@ -509,18 +583,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The principal a verified client certificate maps to.
-    pub fn principal_for_cert<'i>(
-        &self,
-        identities: impl IntoIterator<Item = &'i str>,
-    ) -> Option<&PrincipalConfig> {
-        identities.into_iter().find_map(|identity| {
-            self.principals
-                .iter()
-                .find(|p| p.cert_names.iter().any(|n| n == identity))
-        })
     }
 
     pub fn stream_config(&self, stream: &str) -> Option<&StreamConfig> {

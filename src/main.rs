@@ -74,6 +74,13 @@ enum SchemaCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Prints CREATE ROLE / GRANT statements for servers with SQL access control (admin,
+    /// writer, analyst); 18.16 uses deploy/clickhouse/users.d/sluice.xml instead.
+    Roles {
+        /// Database name.
+        #[arg(long, default_value = "sluice")]
+        database: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ddl::statements(set.latest().map(|s| s.as_ref()), &database, version);
                 println!("-- sluice DDL for ClickHouse {version}");
                 print!("{}", ddl::script(&statements));
+                Ok(ExitCode::SUCCESS)
+            }
+            SchemaCommand::Roles { database } => {
+                print!("{}", sluice::schema::roles::script(&database));
                 Ok(ExitCode::SUCCESS)
             }
             SchemaCommand::Apply { config } => {

@@ -116,7 +116,9 @@ impl Server {
             Duration::from_secs(config.dedup.window_secs),
             config.dedup.max_entries,
         )?;
+        let auth = crate::auth::Auth::from_config(&config).map_err(|err| anyhow::anyhow!(err))?;
         let state = Arc::new(AppState {
+            auth,
             config: Arc::new(config),
             pipeline,
             spool,

@@ -22,7 +22,9 @@
 # then refuses with "port in use", and explicit ports fix it.
 #
 # Users (deploy/local/clickhouse/users.xml): "default" without password, full rights; and
-# "sluice_ingest" / "sluice-dev", which can insert and select but not run DDL.
+# "sluice_ingest" / "sluice-dev", which can insert and select but not run DDL. Plus the deployed
+# sluice_admin / sluice_writer / sluice_analyst users of deploy/clickhouse/users.d/ (development
+# passwords sluice-admin-dev, sluice-writer-dev, sluice-analyst-dev).
 #
 # The server runs as user "clickhouse" when this script runs as root and that user exists and
 # can reach the instance folder; otherwise as the calling user.
@@ -174,6 +176,9 @@ render_config() {
         "$TEMPLATE_DIR/config.xml" >"$CONFIG.new"
     mv "$CONFIG.new" "$CONFIG"
     cp "$TEMPLATE_DIR/users.xml" "$DIR/users.xml"
+    # sluice's admin / writer / analyst users, as deployed (deploy/clickhouse/users.d/).
+    mkdir -p "$DIR/users.d"
+    cp "$REPO_ROOT"/deploy/clickhouse/users.d/*.xml "$DIR/users.d/"
 }
 
 # --- commands ----------------------------------------------------------------------------------

@@ -18,10 +18,34 @@ pub enum ApiError {
         version: String,
         known: String,
     },
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    Forbidden(String),
+    #[error("{message}")]
+    Unauthenticated {
+        /// Short reason for `sluice_auth_failures_total{reason}`.
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    Forbidden {
+        reason: &'static str,
+        message: String,
+    },
+    #[error(
+        "principal {principal:?} is over its rate limit of {} {what}/s{}",
+        refusal.rate,
+        match refusal.retry_after_secs {
+            Some(secs) => format!("; retry in {secs} s"),
+            None => format!(": a batch of {asked} {what} is larger than its burst of {}", refusal.limit),
+        }
+    )]
+    RateLimited {
+        principal: String,
+        /// `rows` or `bytes`.
+        what: &'static str,
+        asked: u64,
+        refusal: crate::auth::rate::Refusal,
+    },
+    #[error("x-sluice-row-count declares {declared} records, the body has {parsed}")]
+    RowCountMismatch { declared: u64, parsed: u64 },
     #[error("invalid header {name}: {reason}")]
     BadHeader { name: &'static str, reason: String },
     #[error("body exceeds the limit of {limit} bytes")]
@@ -60,8 +84,13 @@ impl ApiError {
             ApiError::UnknownSchemaVersion { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "unknown_schema_version")
             }
-            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { refusal, .. } => match refusal.retry_after_secs {
+                Some(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                None => (StatusCode::PAYLOAD_TOO_LARGE, "over_burst"),
+            },
+            ApiError::RowCountMismatch { .. } => (StatusCode::BAD_REQUEST, "row_count_mismatch"),
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
@@ -95,9 +124,22 @@ impl ApiError {
         }
     }
 
-    /// Seconds a sender should wait before retrying, for 503s.
-    fn retry_after(&self) -> Option<u32> {
+    /// The reason counted in `sluice_auth_failures_total`, for refusals of the auth stage.
+    pub fn auth_failure_reason(&self) -> Option<&'static str> {
         match self {
+            ApiError::Unauthenticated { reason, .. } | ApiError::Forbidden { reason, .. } => {
+                Some(reason)
+            }
+            ApiError::RateLimited { .. } => Some("rate_limited"),
+            ApiError::RowCountMismatch { .. } => Some("row_count_mismatch"),
+            _ => None,
+        }
+    }
+
+    /// Seconds a sender should wait before retrying, for 429s and 503s.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { refusal, .. } => refusal.retry_after_secs,
             ApiError::Overloaded => Some(1),
             ApiError::Unavailable | ApiError::ShuttingDown | ApiError::SpoolFull => Some(5),
             _ => None,
@@ -146,6 +188,15 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let ApiError::RateLimited { refusal, .. } = &self {
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", HeaderValue::from(refusal.limit));
+            headers.insert(
+                "x-ratelimit-remaining",
+                HeaderValue::from(refusal.remaining),
+            );
+            headers.insert("x-ratelimit-reset", HeaderValue::from(refusal.reset_secs));
         }
         response
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::AppState;
 use super::error::ApiError;
 use super::tls::PeerIdentity;
-use crate::auth;
+use crate::auth::{self, RateResource, signature};
 use crate::config::AckMode;
 use crate::decode;
 use crate::dedup::Claim;
@@ -59,6 +59,7 @@ impl Accepted {
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
+    uri: axum::http::Uri,
     peer: Option<axum::Extension<Option<Arc<PeerIdentity>>>>,
     headers: HeaderMap,
     body: Body,
@@ -68,13 +69,18 @@ pub async fn ingest(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let peer = peer.and_then(|axum::Extension(peer)| peer);
+    let mut principal = None;
     let result = handle(
         &state,
         &stream,
-        peer.as_deref(),
-        &headers,
+        Request {
+            peer: peer.as_deref(),
+            headers: &headers,
+            path: uri.path(),
+            request_id: &request_id,
+        },
         body,
-        &request_id,
+        &mut principal,
     )
     .instrument(tracing::info_span!("ingest", %stream, %request_id))
     .await;
@@ -92,6 +98,9 @@ pub async fn ingest(
             Json(accepted).into_response()
         }
         Err(error) => {
+            if let Some(reason) = error.auth_failure_reason() {
+                metrics::counter!("sluice_auth_failures_total", "reason" => reason).increment(1);
+            }
             if let ApiError::AllRowsRejected { rejected, .. } = &error {
                 metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone())
                     .increment(*rejected as u64);
@@ -106,6 +115,14 @@ pub async fn ingest(
         "status" => response.status().as_u16().to_string()
     )
     .increment(1);
+    if let Some(principal) = principal {
+        metrics::counter!(
+            "sluice_principal_requests_total",
+            "principal" => principal,
+            "status" => response.status().as_u16().to_string()
+        )
+        .increment(1);
+    }
     metrics::histogram!("sluice_request_seconds", "stream" => stream_label)
         .record(started.elapsed().as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -114,22 +131,43 @@ pub async fn ingest(
     response
 }
 
+/// What `handle` reads of the request besides its body.
+struct Request<'r> {
+    peer: Option<&'r PeerIdentity>,
+    headers: &'r HeaderMap,
+    /// The path as sent (signed batches sign it).
+    path: &'r str,
+    request_id: &'r str,
+}
+
+/// Bodies larger than this are hashed for a signature check off the async workers.
+const SIGNATURE_HASH_INLINE_BYTES: usize = 256 << 10;
+
+/// `principal_seen` receives the authenticated principal's name (for its metric).
 async fn handle(
     state: &AppState,
     stream: &str,
-    peer: Option<&PeerIdentity>,
-    headers: &HeaderMap,
+    request: Request<'_>,
     body: Body,
-    request_id: &str,
+    principal_seen: &mut Option<String>,
 ) -> Result<Accepted, ApiError> {
+    let Request {
+        peer,
+        headers,
+        path,
+        request_id,
+    } = request;
     let config = &state.config;
+    // Authentication comes first: an anonymous client learns nothing, not even stream names.
+    let verified = state.auth.authenticate(peer, headers, unix_now() as i64)?;
+    let principal = verified.principal;
+    *principal_seen = Some(principal.name().to_string());
     let versions = state
         .pipeline
         .stream(stream)
         .ok_or_else(|| ApiError::UnknownStream(stream.to_string()))?;
-    let principal = auth::authenticate(config, peer)?;
-    auth::authorize_stream(principal, stream)?;
-    let (origin, region) = auth::origin_and_region(principal, headers)?;
+    principal.authorize_stream(stream)?;
+    let (origin, region) = principal.origin_and_region(headers)?;
     let version = match header_value(headers, SCHEMA_VERSION_HEADER) {
         None => versions.values().next_back(),
         Some(text) => text
@@ -165,7 +203,23 @@ async fn handle(
         decode::content_encoding(header_value(headers, header::CONTENT_ENCODING.as_str()))?;
     let content_type = header_value(headers, header::CONTENT_TYPE.as_str()).map(str::to_string);
 
-    let limit = config.limits.max_body_bytes;
+    let declared_rows = match header_value(headers, auth::ROW_COUNT_HEADER) {
+        None => None,
+        Some(text) => Some(
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadHeader {
+                    name: auth::ROW_COUNT_HEADER,
+                    reason: "must be a whole number".to_string(),
+                })?,
+        ),
+    };
+    let limit = principal
+        .config
+        .max_batch_bytes
+        .map_or(config.limits.max_body_bytes, |max| {
+            max.min(config.limits.max_body_bytes)
+        });
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
         if std::error::Error::source(&err)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
@@ -177,9 +231,23 @@ async fn handle(
     })?;
     metrics::counter!("sluice_request_bytes_total", "stream" => stream.to_string())
         .increment(bytes.len() as u64);
+    if verified.signed() {
+        let body_hash = if bytes.len() <= SIGNATURE_HASH_INLINE_BYTES {
+            signature::body_hash(&bytes)
+        } else {
+            let body = bytes.clone();
+            tokio::task::spawn_blocking(move || signature::body_hash(&body))
+                .await
+                .map_err(|_| ApiError::Internal)?
+        };
+        let sender_batch_id = header_value(headers, BATCH_ID_HEADER);
+        verified.verify_body("POST", path, sender_batch_id, &body_hash)?;
+    }
+    let bytes_len = bytes.len();
+    principal.take(RateResource::Bytes, bytes_len as u64)?;
 
     let context = RequestContext {
-        principal: principal.name.clone(),
+        principal: principal.name().to_string(),
         origin,
         region,
         batch_id: batch_id.clone(),
@@ -188,7 +256,7 @@ async fn handle(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0),
-        url_encoded: principal.url_encoded,
+        url_encoded: principal.config.url_encoded,
     };
     let spool_record = {
         let (stream, schema_version) = (stream.to_string(), version.compiled.schema.version);
@@ -209,7 +277,10 @@ async fn handle(
     };
     let shared_context = Arc::new(context.clone());
     let compiled = version.compiled.clone();
-    let limits = config.limits.body_limits();
+    let mut limits = config.limits.body_limits();
+    if let Some(max) = principal.config.max_batch_rows {
+        limits.max_records = limits.max_records.min(max);
+    }
     // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
     let decoding = state
         .decodes
@@ -245,6 +316,19 @@ async fn handle(
         rejected,
         errors,
     } = validated;
+    let records = (accepted + rejected) as u64;
+    if let Some(declared) = declared_rows
+        && declared != records
+    {
+        return Err(ApiError::RowCountMismatch {
+            declared,
+            parsed: records,
+        });
+    }
+    if let Err(err) = principal.take(RateResource::Rows, records) {
+        principal.give_back(RateResource::Bytes, bytes_len as u64);
+        return Err(err);
+    }
     let answer = |errors: Vec<RowError>| -> Result<Accepted, ApiError> {
         if accepted == 0 && rejected > 0 {
             return Err(ApiError::AllRowsRejected {
@@ -270,7 +354,7 @@ async fn handle(
         Some(digest) => Some(
             state
                 .dedup
-                .claim(&principal.name, stream, &batch_id, digest)
+                .claim(principal.name(), stream, &batch_id, digest)
                 .await,
         ),
         None => None,
@@ -377,6 +461,12 @@ fn submit_error(err: SubmitError) -> ApiError {
         SubmitError::Overloaded => ApiError::Overloaded,
         SubmitError::ShuttingDown => ApiError::ShuttingDown,
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

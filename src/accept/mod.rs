@@ -23,6 +23,8 @@ use crate::spool::Spool;
 /// What ingest handlers share.
 pub struct AppState {
     pub config: Arc<Config>,
+    /// Principals, their credentials and rate-limit state.
+    pub auth: crate::auth::Auth,
     pub pipeline: Pipeline,
     /// The durable log of accepted batches (with `ingest.ack = "spool"`).
     pub spool: Option<Arc<Spool>>,

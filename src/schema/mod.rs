@@ -7,6 +7,7 @@
 
 pub mod ddl;
 pub mod quarantine;
+pub mod roles;
 pub mod types;
 
 use std::collections::{BTreeMap, HashSet};

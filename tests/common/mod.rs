@@ -5,6 +5,7 @@
 //! loudly when the variable is missing or the server does not answer: it never skips itself.
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
