@@ -30,6 +30,15 @@ section "Rust toolchain"
 command -v cargo >/dev/null || die "cargo not found: install Rust (rust-version in Cargo.toml)"
 cargo --version
 
+section "Tools the tests run (openssl, curl, node)"
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+command -v node >/dev/null || missing+=(nodejs)
+((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+openssl version
+node --version
+
 section "Python packages (tests/requirements.txt)"
 PYTHON=${CHDB_PYTHON:-python3}
 command -v "$PYTHON" >/dev/null || apt_install python3 python3-pip
