@@ -31,7 +31,7 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
-        /// Log as JSON lines.
+        /// Log as JSON lines (the same as `log.format = "json"`).
         #[arg(long)]
         log_json: bool,
     },
@@ -113,8 +113,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, log_json } => {
-            init_logging(log_json);
             let config = Config::load(&config)?;
+            let mut log = config.log.clone();
+            if log_json {
+                log.format = sluice::config::LogFormat::Json;
+            }
+            sluice::logging::init(&log, std::io::stderr).map_err(|err| anyhow::anyhow!(err))?;
             let metrics = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("seconds".to_string()),
@@ -241,19 +245,6 @@ async fn check_command(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn wait_for_signal() {
