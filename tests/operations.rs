@@ -149,6 +149,15 @@ fn check_answer(
     }
 }
 
+/// An ingest request and the status it must get: client certificate, stream, headers, body.
+type Case<'a> = (
+    Option<&'a str>,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+);
+
 fn record(i: usize) -> String {
     format!(
         r#"{{"reqId":"r{i}","reqTimeSec":"1700000000","cliIP":"10.0.0.1","statusCode":"200","reqHost":"h","reqMethod":"GET","reqPath":"/"}}"#
@@ -184,7 +193,7 @@ async fn the_openapi_document_matches_the_server() {
 
     // Ingest: (client certificate, stream, headers, body) → the status it must get.
     let good = format!("{}\n", record(1));
-    let cases: Vec<(Option<&str>, &str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Some("client-a"),
             "edge_access",
