@@ -16,7 +16,8 @@ use crate::sink::{BatchKey, SinkError};
 use crate::spool::RecordId;
 use crate::validate::RequestContext;
 
-/// What a request learns once its rows are delivered: the insert id that carried them.
+/// What a request learns once its rows are delivered: the id of the insert that carried them
+/// (of every insert, comma-separated, when the receipt is complete).
 pub type Delivery = Result<std::sync::Arc<str>, SinkError>;
 
 /// Follows one request's rows through delivery. They may travel in several inserts (accepted
@@ -31,6 +32,8 @@ pub struct Receipt {
     pub spool_id: Option<RecordId>,
     /// Told when every part is confirmed by ClickHouse, or when one finally fails.
     done: Mutex<Option<oneshot::Sender<Delivery>>>,
+    /// The inserts that carried delivered parts (their ClickHouse `query_id`s).
+    insert_ids: Mutex<Vec<Arc<str>>>,
 }
 
 impl Receipt {
@@ -45,6 +48,7 @@ impl Receipt {
             context,
             spool_id,
             done: Mutex::new(done),
+            insert_ids: Mutex::new(Vec::new()),
         })
     }
 
@@ -70,12 +74,32 @@ impl Receipt {
                 }
                 false
             }
-            Ok(_) => {
+            Ok(insert_id) => {
+                let insert_ids = {
+                    let mut ids = self.insert_ids.lock().unwrap();
+                    if !insert_id.is_empty() && !ids.contains(insert_id) {
+                        ids.push(insert_id.clone());
+                    }
+                    ids.join(",")
+                };
                 let completed = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
-                if completed && let Some(done) = self.done.lock().unwrap().take() {
-                    let _ = done.send(outcome.clone());
+                if !completed {
+                    return false;
                 }
-                completed
+                if let Some(context) = &self.context {
+                    // The line that leads from a sender's request id to `system.query_log`.
+                    tracing::info!(
+                        request_id = %context.request_id,
+                        batch_id = %context.batch_id,
+                        principal = %context.principal,
+                        %insert_ids,
+                        "request delivered"
+                    );
+                }
+                if let Some(done) = self.done.lock().unwrap().take() {
+                    let _ = done.send(Ok(Arc::from(insert_ids)));
+                }
+                true
             }
         }
     }
@@ -108,6 +132,8 @@ pub struct Pending {
     pub bytes: usize,
     /// In-flight memory held by these rows until they are delivered.
     pub memory: Vec<OwnedSemaphorePermit>,
+    /// When the oldest of these rows arrived (for `sluice_flush_age_seconds`).
+    pub since: Option<Instant>,
 }
 
 /// The pending rows of one table.
@@ -162,8 +188,11 @@ impl Accumulator {
 
     /// Everything pending (at shutdown).
     pub fn take(&mut self) -> Pending {
-        self.oldest = None;
-        std::mem::take(&mut self.pending)
+        let since = self.oldest.take();
+        Pending {
+            since,
+            ..std::mem::take(&mut self.pending)
+        }
     }
 
     pub fn is_empty(&self) -> bool {

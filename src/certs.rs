@@ -293,7 +293,7 @@ fn write_all_and_sync(mut file: fs::File, contents: &[u8]) -> std::io::Result<()
 }
 
 /// Reads every certificate of a PEM file; an empty file is an error naming the file.
-pub(crate) fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading certificates from {}", path.display()))?;

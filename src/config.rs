@@ -47,6 +47,29 @@ pub struct Config {
     /// window).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Log output of `sluice serve`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Log output (`[log]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default, for people) or `json` (one JSON object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `sluice=debug,info`; `RUST_LOG` overrides it.
+    /// Default `info`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Batch-id deduplication (`X-Sluice-Batch-Id`). Kept in the spool directory when there is one.
@@ -108,17 +131,26 @@ pub enum AckMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); plain HTTP.
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/status`); plain
+    /// HTTP.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// How many of the last errors the status page lists.
+    #[serde(default = "default_status_errors")]
+    pub status_errors: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            status_errors: default_status_errors(),
         }
     }
+}
+
+fn default_status_errors() -> usize {
+    20
 }
 
 /// Limits on what one request or the whole process may take.
@@ -481,6 +513,7 @@ impl Config {
                 self.clickhouse.max_inserts_in_flight as u64,
             ),
         ];
+        crate::logging::level_filter(&self.log)?;
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));
@@ -625,6 +658,16 @@ mod tests {
             err.to_string().contains("unknown field `max_rowz`"),
             "{err}"
         );
+        let err = Config::from_toml(&format!("{MINIMAL}\n[log]\nformat = \"xml\"")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `xml`, expected `text` or `json`"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!("{MINIMAL}\n[log]\nlevel = \"info,[[\"")).unwrap_err();
+        assert!(err.to_string().starts_with("log.level: "), "{err}");
+        let config = Config::from_toml(&format!("{MINIMAL}\n[log]\nformat = \"json\""));
+        assert_eq!(config.unwrap().log.format, LogFormat::Json);
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl DedupStore {
             if matches!(inner.entries.get(&key), Some(Entry::Done { at: a, .. }) if *a == at) {
                 inner.entries.remove(&key);
                 if !expired {
-                    metrics::counter!("sluice_dedup_evicted_total").increment(1);
+                    metrics::counter!("sluice_dedup_evicted_batches_total").increment(1);
                 }
             }
         }

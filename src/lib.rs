@@ -11,7 +11,8 @@
 //! 7. [`sink`] — inserts over HTTP, retries, error classification.
 //!
 //! [`pipeline`] is where the stages meet; [`server`] runs them; [`config`], [`schema`] and
-//! [`check`] are what an operator touches; [`certs`] makes development certificates.
+//! [`check`] are what an operator touches; [`certs`] makes development certificates;
+//! [`status`] and [`logging`] are how an operator sees inside.
 
 pub mod accept;
 pub mod aggregate;
@@ -22,9 +23,11 @@ pub mod config;
 pub mod decode;
 pub mod dedup;
 pub mod encode;
+pub mod logging;
 pub mod pipeline;
 pub mod schema;
 pub mod server;
 pub mod sink;
 pub mod spool;
+pub mod status;
 pub mod validate;

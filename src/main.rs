@@ -31,11 +31,12 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
-        /// Log as JSON lines.
+        /// Log as JSON lines (the same as `log.format = "json"`).
         #[arg(long)]
         log_json: bool,
     },
-    /// Validates config and schemas, reaches ClickHouse and reports table/schema drift.
+    /// One report on the config, schemas, certificates (expiry), ClickHouse and table drift;
+    /// exits 1 on warnings, 2 on errors.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -113,8 +114,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, log_json } => {
-            init_logging(log_json);
             let config = Config::load(&config)?;
+            let mut log = config.log.clone();
+            if log_json {
+                log.format = sluice::config::LogFormat::Json;
+            }
+            sluice::logging::init(&log, std::io::stderr).map_err(|err| anyhow::anyhow!(err))?;
             let metrics = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("seconds".to_string()),
@@ -206,54 +211,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn check_command(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
-    println!("config: ok ({})", path.display());
-    let schemas = SchemaSet::load_dir(&config.schemas)?;
-    for schema in schemas.iter() {
-        println!(
-            "schema: ok {} v{} → {}.{} ({} columns) {}",
-            schema.stream,
-            schema.version,
-            config.clickhouse.database,
-            schema.table.name,
-            schema.columns.len(),
-            schema.source.display()
-        );
-    }
-    let c = &config.clickhouse;
-    let client = ch::client(&c.url, &c.user, &c.password);
-    let version = check::server_version(&client).await?;
-    println!("clickhouse: ok {} (version {version})", c.url);
-    let mut broken = 0;
-    for schema in schemas.latest() {
-        let drift = check::drift(&client, schema, &c.database).await?;
-        if drift.is_empty() {
-            println!("table: ok {}.{}", c.database, schema.table.name);
-        }
-        for item in drift {
-            let breaks = item.breaks_inserts();
-            broken += usize::from(breaks);
-            println!("drift: {item}{}", if breaks { "" } else { " (harmless)" });
-        }
-    }
-    if broken > 0 {
-        println!("{broken} drift(s) break inserts: run `sluice schema ddl` and migrate the tables");
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let report = check::report(path, now).await;
+    print!("{report}");
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 async fn wait_for_signal() {

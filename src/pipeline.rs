@@ -27,6 +27,7 @@ use crate::encode::{self, Compression};
 use crate::schema::{ContextField, Schema, SchemaSet};
 use crate::sink::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
+use crate::status::Status;
 use crate::validate::{CompiledSchema, QuarantineBuilder, RequestContext, StreamOptions};
 
 /// One stream version: its compiled schema and the ways to its accumulators.
@@ -38,6 +39,7 @@ pub struct StreamVersion {
     pub quarantine: Lane,
     /// Places in the accumulators' queues (`batch.queue_depth`).
     capacity: Arc<Semaphore>,
+    queue_depth: usize,
     /// KiB of validated rows in flight, shared by every stream (`limits.max_in_flight_bytes`).
     memory: Arc<Semaphore>,
     memory_total_kib: u32,
@@ -85,6 +87,8 @@ pub struct DeliveryOptions {
 struct Delivered {
     spool: Option<Arc<Spool>>,
     shutting_down: Arc<AtomicBool>,
+    /// Inserts and their errors, for the status page.
+    status: Arc<Status>,
 }
 
 impl DeliveryOptions {
@@ -186,6 +190,7 @@ impl Pipeline {
         schemas: &SchemaSet,
         sink: Arc<dyn Sink>,
         spool: Option<Arc<Spool>>,
+        status: Arc<Status>,
     ) -> anyhow::Result<Pipeline> {
         let delivery = DeliveryOptions::from_config(config);
         let limits = FlushLimits {
@@ -198,6 +203,7 @@ impl Pipeline {
         let delivered = Arc::new(Delivered {
             spool,
             shutting_down: shutting_down.clone(),
+            status,
         });
         let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered.clone()));
         let memory_total_kib =
@@ -277,6 +283,7 @@ impl Pipeline {
                     raw,
                     quarantine,
                     capacity: Arc::new(Semaphore::new(config.batch.queue_depth)),
+                    queue_depth: config.batch.queue_depth,
                     memory: memory.clone(),
                     memory_total_kib,
                 },
@@ -298,6 +305,28 @@ impl Pipeline {
     /// The versions of a stream, newest last.
     pub fn stream(&self, name: &str) -> Option<&BTreeMap<u32, StreamVersion>> {
         self.streams.get(name)
+    }
+
+    /// Sets the queue gauges (called when `/metrics` is scraped):
+    /// `sluice_queue_depth_requests{stream,version}` (validated requests waiting for their
+    /// accumulator) and `sluice_in_flight_bytes` (validated rows not yet delivered).
+    pub fn report_queues(&self) {
+        let mut in_flight_kib = None;
+        for (stream, versions) in &self.streams {
+            for (version, stream_version) in versions {
+                let waiting = stream_version
+                    .queue_depth
+                    .saturating_sub(stream_version.capacity.available_permits());
+                metrics::gauge!("sluice_queue_depth_requests", "stream" => stream.clone(),
+                    "version" => version.to_string())
+                .set(waiting as f64);
+                in_flight_kib.get_or_insert_with(|| {
+                    (stream_version.memory_total_kib as usize)
+                        .saturating_sub(stream_version.memory.available_permits())
+                });
+            }
+        }
+        metrics::gauge!("sluice_in_flight_bytes").set((in_flight_kib.unwrap_or(0) * 1024) as f64);
     }
 
     /// Stops accepting, flushes what is pending and waits until every insert has finished.
@@ -434,8 +463,13 @@ impl AccumulatorThread {
             parts,
             rows,
             memory,
+            since,
             ..
         } = pending;
+        if let Some(since) = since {
+            metrics::histogram!("sluice_flush_age_seconds", "table" => self.target.table.clone())
+                .record(since.elapsed().as_secs_f64());
+        }
         let receipts = || parts.iter().map(|(receipt, _)| receipt);
         if rows == 0 {
             // Only empty parts: nothing to insert, nothing to wait for.
@@ -538,6 +572,7 @@ async fn dispatch(
         let sink = sink.clone();
         let delivered = delivered.clone();
         running.spawn(async move {
+            let started = Instant::now();
             let outcome = deliver(
                 sink.as_ref(),
                 &insert.request,
@@ -546,6 +581,13 @@ async fn dispatch(
                 &delivered,
             )
             .await;
+            let table = insert.request.target.table.clone();
+            metrics::histogram!("sluice_delivery_seconds", "table" => table.clone())
+                .record(started.elapsed().as_secs_f64());
+            if outcome.is_ok() {
+                metrics::histogram!("sluice_insert_batch_rows", "table" => table)
+                    .record(insert.request.rows as f64);
+            }
             if let (Err(error), Some(_)) = (&outcome, &delivered.spool)
                 && error.is_retryable()
             {
@@ -606,10 +648,12 @@ async fn deliver(
                     return Ok(());
                 }
                 Stored::Unknown(error) => Err(error),
-                Stored::None | Stored::Part => insert(sink, request, &table).await,
+                Stored::None | Stored::Part => {
+                    insert(sink, request, &table, &delivered.status).await
+                }
             }
         } else {
-            insert(sink, request, &table).await
+            insert(sink, request, &table, &delivered.status).await
         };
         let error = match result {
             Ok(()) => return Ok(()),
@@ -630,7 +674,12 @@ async fn deliver(
 }
 
 /// One attempt, with its metrics.
-async fn insert(sink: &dyn Sink, request: &InsertRequest, table: &str) -> Result<(), SinkError> {
+async fn insert(
+    sink: &dyn Sink,
+    request: &InsertRequest,
+    table: &str,
+    status: &Status,
+) -> Result<(), SinkError> {
     let started = Instant::now();
     let result = sink.insert(request).await;
     metrics::histogram!("sluice_insert_seconds", "table" => table.to_string())
@@ -641,6 +690,27 @@ async fn insert(sink: &dyn Sink, request: &InsertRequest, table: &str) -> Result
     };
     metrics::counter!("sluice_inserts_total", "table" => table.to_string(), "result" => class)
         .increment(1);
+    match &result {
+        Ok(()) => status.insert(request.rows, None),
+        Err(error) => {
+            let code = match error {
+                SinkError::Permanent { code, .. } => code.to_string(),
+                SinkError::Retryable(message) => crate::sink::clickhouse::error_code(message)
+                    .map_or_else(|| "none".to_string(), |code| code.to_string()),
+                SinkError::Unreachable(_) => "none".to_string(),
+            };
+            metrics::counter!("sluice_clickhouse_errors_total", "table" => table.to_string(),
+                "class" => error.class(), "code" => code)
+            .increment(1);
+            status.insert(
+                request.rows,
+                Some(&format!(
+                    "insert {} into {table}: {error}",
+                    request.insert_id
+                )),
+            );
+        }
+    }
     if result.is_ok() {
         metrics::counter!("sluice_insert_rows_total", "table" => table.to_string())
             .increment(request.rows as u64);

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,6 +16,7 @@ use crate::schema::SchemaSet;
 use crate::sink::Sink;
 use crate::sink::clickhouse::{self as ch, ClickHouseSink};
 use crate::spool::{RecordId, Recovery, Spool, SpoolRecord};
+use crate::status::Status;
 use crate::validate;
 
 pub struct Server {
@@ -76,7 +76,14 @@ impl Server {
             }
             None => (None, None),
         };
-        let pipeline = Pipeline::start(&config, &schemas, sink.clone(), spool.clone())?;
+        let status = Arc::new(Status::new(config.admin.status_errors));
+        let pipeline = Pipeline::start(
+            &config,
+            &schemas,
+            sink.clone(),
+            spool.clone(),
+            status.clone(),
+        )?;
         if let (Some(spool), Some(recovery)) = (&spool, recovery) {
             replay(recovery, &pipeline, spool, sink.as_ref(), &config).await?;
         }
@@ -89,26 +96,6 @@ impl Server {
         let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-
-        let admin_state = Arc::new(admin::AdminState {
-            metrics,
-            clickhouse_ready: AtomicBool::new(false),
-        });
-        let probe = tokio::spawn(admin::probe_clickhouse(
-            admin_state.clone(),
-            probe_client,
-            Duration::from_secs(5),
-        ));
-        let admin_router = admin::router(admin_state);
-        let admin_stop = wait_for_stop(stopped.clone());
-        let admin = tokio::spawn(async move {
-            let served = axum::serve(admin_listener, admin_router)
-                .with_graceful_shutdown(admin_stop)
-                .await;
-            if let Err(err) = served {
-                tracing::error!(error = %err, "admin listener failed");
-            }
-        });
 
         let max_concurrent_decodes = config.limits.max_concurrent_decodes;
         let dedup = DedupStore::open(
@@ -124,6 +111,34 @@ impl Server {
             spool,
             dedup,
             decodes: tokio::sync::Semaphore::new(max_concurrent_decodes),
+            status: status.clone(),
+        });
+        let weak_state = Arc::downgrade(&state);
+        let admin_state = Arc::new(admin::AdminState {
+            metrics,
+            status: status.clone(),
+            spool: state.spool.clone(),
+            // A weak reference: shutdown takes the pipeline out of the state.
+            before_scrape: Some(Box::new(move || {
+                if let Some(state) = weak_state.upgrade() {
+                    state.pipeline.report_queues();
+                }
+            })),
+        });
+        let probe = tokio::spawn(admin::probe_clickhouse(
+            status,
+            probe_client,
+            Duration::from_secs(5),
+        ));
+        let admin_router = admin::router(admin_state);
+        let admin_stop = wait_for_stop(stopped.clone());
+        let admin = tokio::spawn(async move {
+            let served = axum::serve(admin_listener, admin_router)
+                .with_graceful_shutdown(admin_stop)
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "admin listener failed");
+            }
         });
         let ingest = tokio::spawn(accept::serve_ingest(
             ingest_listener,

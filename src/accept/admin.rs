@@ -1,34 +1,48 @@
-//! The admin listener: `/healthz` (the process is up), `/readyz` (ClickHouse answers), and
-//! `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (the process is up), `/readyz` (ClickHouse answers),
+//! `/metrics` (Prometheus text), `/status` (a small self-refreshing HTML page) and
+//! `/status.json` (the figures it shows).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::spool::Spool;
+use crate::status::Status;
+
+/// The status page: one file, no external assets; it fetches `/status.json` every two seconds.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// What the admin endpoints report.
 pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
-    /// Whether the last ClickHouse probe succeeded.
-    pub clickhouse_ready: AtomicBool,
+    /// Live figures, including the outcome of the last ClickHouse probe.
+    pub status: Arc<Status>,
+    pub spool: Option<Arc<Spool>>,
+    /// Sets the gauges that are read rather than counted (queue depths) before a scrape.
+    pub before_scrape: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/", get(|| async { Redirect::to("/status") }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
         .with_state(state)
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if state.clickhouse_ready.load(Ordering::Relaxed) {
+    if state.status.clickhouse_ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready: clickhouse ok\n")
     } else {
         (
@@ -39,6 +53,9 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if let Some(before_scrape) = &state.before_scrape {
+        before_scrape();
+    }
     match &state.metrics {
         Some(handle) => (StatusCode::OK, handle.render()),
         None => (
@@ -48,15 +65,22 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-/// Probes ClickHouse every `interval` and records the outcome for `/readyz`.
-pub async fn probe_clickhouse(
-    state: Arc<AdminState>,
-    client: clickhouse::Client,
-    interval: Duration,
-) {
+async fn status_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        STATUS_PAGE,
+    )
+}
+
+async fn status_json(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    Json(state.status.snapshot(state.spool.as_deref()))
+}
+
+/// Probes ClickHouse every `interval` and records the outcome for `/readyz` and the status page.
+pub async fn probe_clickhouse(status: Arc<Status>, client: clickhouse::Client, interval: Duration) {
     loop {
         let ok = client.query("SELECT 1").execute().await.is_ok();
-        if state.clickhouse_ready.swap(ok, Ordering::Relaxed) != ok {
+        if status.clickhouse_ready.swap(ok, Ordering::Relaxed) != ok {
             tracing::info!(ready = ok, "clickhouse readiness changed");
         }
         metrics::gauge!("sluice_clickhouse_up").set(if ok { 1.0 } else { 0.0 });

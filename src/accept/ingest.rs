@@ -23,7 +23,7 @@ use crate::dedup::Claim;
 use crate::pipeline::{Reservation, StreamVersion, SubmitError};
 use crate::sink::SinkError;
 use crate::spool::{SpoolError, SpoolRecord};
-use crate::validate::{self, RequestContext, RowError, ValidatedBatch};
+use crate::validate::{self, RejectReason, RequestContext, RowError, ValidatedBatch};
 
 pub const BATCH_ID_HEADER: &str = "x-sluice-batch-id";
 pub const SCHEMA_VERSION_HEADER: &str = "x-sluice-schema-version";
@@ -69,7 +69,7 @@ pub async fn ingest(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let peer = peer.and_then(|axum::Extension(peer)| peer);
-    let mut principal = None;
+    let mut seen = Seen::default();
     let result = handle(
         &state,
         &stream,
@@ -80,7 +80,7 @@ pub async fn ingest(
             request_id: &request_id,
         },
         body,
-        &mut principal,
+        &mut seen,
     )
     .instrument(tracing::info_span!("ingest", %stream, %request_id))
     .await;
@@ -89,23 +89,66 @@ pub async fn ingest(
     } else {
         "unknown".to_string()
     };
+    let principal_label = seen.principal.clone().unwrap_or_default();
+    let rejected_rows = |by_reason: &[usize; RejectReason::ALL.len()]| {
+        for (reason, count) in RejectReason::ALL.iter().zip(by_reason) {
+            if *count > 0 {
+                metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone(),
+                    "principal" => principal_label.clone(), "reason" => reason.as_str())
+                .increment(*count as u64);
+            }
+        }
+    };
     let mut response = match result {
         Ok(accepted) => {
-            metrics::counter!("sluice_rows_accepted_total", "stream" => stream_label.clone())
-                .increment(accepted.accepted as u64);
-            metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone())
-                .increment(accepted.rejected as u64);
+            metrics::counter!("sluice_rows_accepted_total", "stream" => stream_label.clone(),
+                "principal" => principal_label.clone())
+            .increment(accepted.accepted as u64);
+            rejected_rows(&seen.rejected_by_reason);
+            state.status.rows(
+                accepted.accepted as u64,
+                &seen.rejected_by_reason,
+                seen.wire_bytes as u64,
+            );
+            state.status.answered(None);
+            tracing::info!(
+                %stream,
+                %request_id,
+                batch_id = %accepted.batch_id,
+                principal = %principal_label,
+                status = 200,
+                accepted = accepted.accepted,
+                rejected = accepted.rejected,
+                duplicate = accepted.duplicate,
+                insert_ids = seen.insert_ids.as_deref().unwrap_or(""),
+                "request answered"
+            );
             Json(accepted).into_response()
         }
         Err(error) => {
             if let Some(reason) = error.auth_failure_reason() {
                 metrics::counter!("sluice_auth_failures_total", "reason" => reason).increment(1);
             }
-            if let ApiError::AllRowsRejected { rejected, .. } = &error {
-                metrics::counter!("sluice_rows_rejected_total", "stream" => stream_label.clone())
-                    .increment(*rejected as u64);
+            if let ApiError::AllRowsRejected { .. } = &error {
+                rejected_rows(&seen.rejected_by_reason);
+                state
+                    .status
+                    .rows(0, &seen.rejected_by_reason, seen.wire_bytes as u64);
             }
-            tracing::info!(%stream, %request_id, %error, "request refused");
+            let (status, code) = error.status_and_code();
+            state.status.answered(Some(format!(
+                "{} {code} ({stream}): {error}",
+                status.as_u16()
+            )));
+            tracing::info!(
+                %stream,
+                %request_id,
+                principal = %principal_label,
+                status = status.as_u16(),
+                code,
+                %error,
+                "request refused"
+            );
             error.into_response()
         }
     };
@@ -115,7 +158,7 @@ pub async fn ingest(
         "status" => response.status().as_u16().to_string()
     )
     .increment(1);
-    if let Some(principal) = principal {
+    if let Some(principal) = seen.principal {
         metrics::counter!(
             "sluice_principal_requests_total",
             "principal" => principal,
@@ -140,16 +183,30 @@ struct Request<'r> {
     request_id: &'r str,
 }
 
+/// What the answer's log line and metrics need to know of a request, filled in as `handle`
+/// learns it.
+#[derive(Default)]
+struct Seen {
+    /// The authenticated principal.
+    principal: Option<String>,
+    /// Body bytes as sent.
+    wire_bytes: usize,
+    rejected_by_reason: [usize; RejectReason::ALL.len()],
+    /// The inserts that carried the rows (`ingest.ack = "clickhouse"` only: in the other modes
+    /// the answer comes first, and the `request delivered` line names them later).
+    insert_ids: Option<String>,
+}
+
 /// Bodies larger than this are hashed for a signature check off the async workers.
 const SIGNATURE_HASH_INLINE_BYTES: usize = 256 << 10;
 
-/// `principal_seen` receives the authenticated principal's name (for its metric).
+/// `seen` receives what the answer's log line and metrics report.
 async fn handle(
     state: &AppState,
     stream: &str,
     request: Request<'_>,
     body: Body,
-    principal_seen: &mut Option<String>,
+    seen: &mut Seen,
 ) -> Result<Accepted, ApiError> {
     let Request {
         peer,
@@ -161,7 +218,7 @@ async fn handle(
     // Authentication comes first: an anonymous client learns nothing, not even stream names.
     let verified = state.auth.authenticate(peer, headers, unix_now() as i64)?;
     let principal = verified.principal;
-    *principal_seen = Some(principal.name().to_string());
+    seen.principal = Some(principal.name().to_string());
     let versions = state
         .pipeline
         .stream(stream)
@@ -229,8 +286,10 @@ async fn handle(
             ApiError::BodyRead(err.to_string())
         }
     })?;
-    metrics::counter!("sluice_request_bytes_total", "stream" => stream.to_string())
-        .increment(bytes.len() as u64);
+    metrics::counter!("sluice_request_bytes_total", "stream" => stream.to_string(),
+        "principal" => principal.name().to_string())
+    .increment(bytes.len() as u64);
+    seen.wire_bytes = bytes.len();
     if verified.signed() {
         let body_hash = if bytes.len() <= SIGNATURE_HASH_INLINE_BYTES {
             signature::body_hash(&bytes)
@@ -315,8 +374,14 @@ async fn handle(
         accepted,
         rejected,
         errors,
+        rejected_by_reason,
+        decoded_bytes,
     } = validated;
     let records = (accepted + rejected) as u64;
+    metrics::counter!("sluice_request_decoded_bytes_total", "stream" => stream.to_string(),
+        "principal" => principal.name().to_string())
+    .increment(decoded_bytes as u64);
+    metrics::histogram!("sluice_batch_rows", "stream" => stream.to_string()).record(records as f64);
     if let Some(declared) = declared_rows
         && declared != records
     {
@@ -329,6 +394,7 @@ async fn handle(
         principal.give_back(RateResource::Bytes, bytes_len as u64);
         return Err(err);
     }
+    seen.rejected_by_reason = rejected_by_reason;
     let answer = |errors: Vec<RowError>| -> Result<Accepted, ApiError> {
         if accepted == 0 && rejected > 0 {
             return Err(ApiError::AllRowsRejected {
@@ -363,6 +429,7 @@ async fn handle(
         Some(Claim::Duplicate) => {
             metrics::counter!("sluice_duplicate_batches_total", "stream" => stream.to_string())
                 .increment(1);
+            seen.rejected_by_reason = Default::default();
             return Ok(Accepted::nothing(batch_id, request_id, true));
         }
         Some(Claim::Conflict) => return Err(ApiError::BatchIdConflict { batch_id }),
@@ -375,7 +442,8 @@ async fn handle(
         .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
         .map_err(submit_error)?;
     let record = || spool_record(accepted as u32, rejected as u32);
-    acknowledge(
+    let acknowledging = Instant::now();
+    seen.insert_ids = acknowledge(
         state,
         version,
         batch,
@@ -385,6 +453,8 @@ async fn handle(
         record,
     )
     .await?;
+    metrics::histogram!("sluice_ack_seconds", "stream" => stream.to_string())
+        .record(acknowledging.elapsed().as_secs_f64());
     if let Some(claim) = claim {
         claim.commit();
     }
@@ -392,7 +462,8 @@ async fn handle(
 }
 
 /// Hands the rows to the pipeline and returns once they are acknowledged as `ingest.ack` says:
-/// in the spool, confirmed by ClickHouse, or queued in memory.
+/// in the spool, confirmed by ClickHouse (then with the ids of the inserts that carried them),
+/// or queued in memory.
 async fn acknowledge(
     state: &AppState,
     version: &StreamVersion,
@@ -401,7 +472,7 @@ async fn acknowledge(
     reservation: Reservation,
     context: Arc<RequestContext>,
     spool_record: impl FnOnce() -> SpoolRecord,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     match state.config.ingest.ack {
         AckMode::Spool => {
             let spool = state
@@ -427,21 +498,22 @@ async fn acknowledge(
                     Some(record_id),
                     None,
                 )
-                .map_err(submit_error)
+                .map_err(submit_error)?;
+            Ok(None)
         }
-        AckMode::Memory => version
-            .submit(accepted, rejected, reservation, context, None, None)
-            .map_err(submit_error),
+        AckMode::Memory => {
+            version
+                .submit(accepted, rejected, reservation, context, None, None)
+                .map_err(submit_error)?;
+            Ok(None)
+        }
         AckMode::ClickHouse => {
             let (done, delivered) = tokio::sync::oneshot::channel();
             version
                 .submit(accepted, rejected, reservation, context, None, Some(done))
                 .map_err(submit_error)?;
             match delivered.await {
-                Ok(Ok(insert_id)) => {
-                    tracing::debug!(%insert_id, "batch delivered");
-                    Ok(())
-                }
+                Ok(Ok(insert_ids)) => Ok(Some(insert_ids.to_string())),
                 Ok(Err(SinkError::Retryable(reason) | SinkError::Unreachable(reason))) => {
                     tracing::warn!(%reason, "batch not delivered");
                     Err(ApiError::Unavailable)

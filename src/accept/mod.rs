@@ -30,6 +30,8 @@ pub struct AppState {
     pub spool: Option<Arc<Spool>>,
     /// Batch ids seen within the dedup window.
     pub dedup: DedupStore,
+    /// Live figures for the status page.
+    pub status: Arc<crate::status::Status>,
     /// Places for bodies being decompressed and validated (`limits.max_concurrent_decodes`).
     pub decodes: tokio::sync::Semaphore,
 }

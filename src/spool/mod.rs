@@ -260,7 +260,7 @@ impl Spool {
         let size = (HEADER_BYTES + payload.len() + 8) as u64;
         let used = self.used_bytes.load(Ordering::Relaxed);
         if used + size > self.config.max_bytes {
-            metrics::counter!("sluice_spool_full_total").increment(1);
+            metrics::counter!("sluice_spool_full_refusals_total").increment(1);
             return Err(SpoolError::Full {
                 used,
                 limit: self.config.max_bytes,

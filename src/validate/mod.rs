@@ -75,6 +75,69 @@ pub struct ValidatedBatch {
     pub rejected: usize,
     /// The first `max_errors` rejected rows.
     pub errors: Vec<RowError>,
+    /// Rejected rows per [`RejectReason`] (every rejected row, not only the reported ones).
+    pub rejected_by_reason: [usize; RejectReason::ALL.len()],
+    /// Size of the body after decompression.
+    pub decoded_bytes: usize,
+}
+
+/// Why a row was rejected, in a few classes: the `reason` label of
+/// `sluice_rows_rejected_total` and the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The record is not a well-formed record of its format (not JSON, wrong CSV width).
+    Malformed,
+    /// A required field is missing.
+    MissingField,
+    /// A value does not have the column's type.
+    Type,
+    /// A value breaks a constraint: range, enum values, length, pattern, IP format.
+    Constraint,
+    /// A field the schema does not know (`input.unknown_fields = "reject"`) or one given twice.
+    UnknownField,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Malformed,
+        RejectReason::MissingField,
+        RejectReason::Type,
+        RejectReason::Constraint,
+        RejectReason::UnknownField,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::Type => "type",
+            RejectReason::Constraint => "constraint",
+            RejectReason::UnknownField => "unknown_field",
+        }
+    }
+
+    /// Classifies a row error by the messages the validator writes.
+    pub fn of(field: Option<&str>, reason: &str) -> RejectReason {
+        const CONSTRAINT_WORDS: [&str; 6] = [
+            "below the minimum",
+            "above the maximum",
+            "is not one of",
+            "longer than",
+            "does not match",
+            "not an IP address",
+        ];
+        if field.is_none() {
+            RejectReason::Malformed
+        } else if reason == "missing required field" {
+            RejectReason::MissingField
+        } else if reason == "unknown field" || reason == "field appears more than once" {
+            RejectReason::UnknownField
+        } else if CONSTRAINT_WORDS.iter().any(|word| reason.contains(word)) {
+            RejectReason::Constraint
+        } else {
+            RejectReason::Type
+        }
+    }
 }
 
 /// A schema prepared for validation.
@@ -175,6 +238,7 @@ impl CompiledSchema {
             accepted: 0,
             rejected: 0,
             errors: Vec::new(),
+            rejected_by_reason: [0; RejectReason::ALL.len()],
             max_errors,
             quarantine: QuarantineBuilder::default(),
         }
@@ -335,6 +399,7 @@ pub struct BatchBuilder<'s> {
     accepted: usize,
     rejected: usize,
     errors: Vec<RowError>,
+    rejected_by_reason: [usize; RejectReason::ALL.len()],
     max_errors: usize,
     quarantine: QuarantineBuilder,
 }
@@ -359,6 +424,8 @@ impl BatchBuilder<'_> {
             accepted: self.accepted,
             rejected: self.rejected,
             errors: self.errors,
+            rejected_by_reason: self.rejected_by_reason,
+            decoded_bytes: 0,
         }
     }
 
@@ -504,6 +571,8 @@ impl BatchBuilder<'_> {
     /// Counts and reports a rejected row and keeps it for the quarantine table.
     fn reject(&mut self, line: usize, field: Option<String>, reason: String, raw: &[u8]) {
         self.rejected += 1;
+        let class = RejectReason::of(field.as_deref(), &reason);
+        self.rejected_by_reason[class as usize] += 1;
         let raw = String::from_utf8_lossy(raw);
         let field_name = field.as_deref().unwrap_or("");
         self.quarantine.push(line as u32, field_name, &reason, &raw);
@@ -658,9 +727,12 @@ pub fn validate_body(
         delimited_fields: &delimited_fields,
         max_records: limits.max_records,
     };
+    let decoded_bytes = body.len();
     let mut builder = compiled.begin(&context, limits.max_errors);
     decode::decode(format, &mut body, &options, &mut builder)?;
-    Ok(Some((builder.finish(), digest)))
+    let mut validated = builder.finish();
+    validated.decoded_bytes = decoded_bytes;
+    Ok(Some((validated, digest)))
 }
 
 #[cfg(test)]

@@ -198,6 +198,23 @@ fn bad_rows_are_reported_with_line_field_and_reason() {
         errors[9],
         (11, Some("statusCode"), "field appears more than once")
     );
+    // Counted per reason class for the metrics: malformed, missing_field, type, constraint,
+    // unknown_field.
+    let by_reason: Vec<(&str, usize)> = RejectReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .zip(batch.rejected_by_reason)
+        .collect();
+    assert_eq!(
+        by_reason,
+        [
+            ("malformed", 2),
+            ("missing_field", 1),
+            ("type", 3),
+            ("constraint", 3),
+            ("unknown_field", 1)
+        ]
+    );
 }
 
 #[test]

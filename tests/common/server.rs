@@ -78,13 +78,23 @@ impl TestServer {
         extra: &str,
         adjust: impl FnOnce(&mut Config),
     ) -> TestServer {
+        TestServer::start_with_metrics(test_name, extra, adjust, None).await
+    }
+
+    /// The same, serving `metrics` (a recorder's handle) on the admin listener's `/metrics`.
+    pub async fn start_with_metrics(
+        test_name: &str,
+        extra: &str,
+        adjust: impl FnOnce(&mut Config),
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> TestServer {
         let clickhouse = TestClickHouse::new(test_name).await;
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         sluice::certs::write_dev_certs(&certs).unwrap();
         let mut config = Config::from_toml(&config_text(&certs, &clickhouse, extra)).unwrap();
         adjust(&mut config);
-        let server = Server::start(config, None).await.expect("sluice starts");
+        let server = Server::start(config, metrics).await.expect("sluice starts");
         let base_url = format!("https://localhost:{}", server.ingest_addr.port());
         TestServer {
             server: Some(server),
