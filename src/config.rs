@@ -47,6 +47,12 @@ pub struct Config {
     /// window).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Reloading certificates, keys, secrets and principals without a restart.
+    #[serde(default)]
+    pub reload: crate::reload::ReloadConfig,
+    /// The file this config was loaded from (set by [`Config::load`]); a reload reads it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Batch-id deduplication (`X-Sluice-Batch-Id`). Kept in the spool directory when there is one.
@@ -402,7 +408,10 @@ impl Config {
         config
             .validate()
             .map_err(|message| anyhow::anyhow!("{}: {message}", path.display()))?;
-        Ok(config)
+        Ok(Config {
+            source: Some(path.to_path_buf()),
+            ..config
+        })
     }
 
     /// Parses a config from TOML text (no environment overrides); for tests.
@@ -426,6 +435,7 @@ impl Config {
             (Some(tls), false) => tls.validate("ingest.tls")?,
             (None, true) => {}
         }
+        self.reload.validate()?;
         if self.ingest.ack == AckMode::Spool && self.spool.is_none() {
             return Err(
                 "ingest.ack: \"spool\" (the default) needs a [spool] section with a dir; \

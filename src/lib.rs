@@ -11,7 +11,8 @@
 //! 7. [`sink`] — inserts over HTTP, retries, error classification.
 //!
 //! [`pipeline`] is where the stages meet; [`server`] runs them; [`config`], [`schema`] and
-//! [`check`] are what an operator touches; [`certs`] makes development certificates.
+//! [`check`] are what an operator touches; [`reload`] swaps in new certificates, keys and
+//! principals while running; [`certs`] makes development certificates.
 
 pub mod accept;
 pub mod aggregate;
@@ -23,6 +24,7 @@ pub mod decode;
 pub mod dedup;
 pub mod encode;
 pub mod pipeline;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod sink;
