@@ -3,7 +3,8 @@
 //! The dev CA, the server certificate and two edge client certificates let a developer (and the
 //! test suite) run the mutually authenticated ingest endpoint locally. A third client
 //! certificate is signed by a throw-away CA that is never written, so a test can prove that an
-//! untrusted client certificate is refused. None of this is for production: keys are
+//! untrusted client certificate is refused; an expired one and a revoked one (with the CA's
+//! revocation list, `ca.crl`) show the other refusals. None of this is for production: keys are
 //! unencrypted PEM files next to the certificates.
 
 use std::fs;
@@ -16,8 +17,9 @@ use std::time::SystemTime;
 use anyhow::Context;
 use chrono::{Datelike, Days, NaiveDate};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -55,6 +57,14 @@ pub struct DevCertPaths {
     /// A client certificate signed by a throw-away CA that is not written anywhere
     /// (`client-untrusted.crt`, `client-untrusted.key`): the server must refuse it.
     pub client_untrusted: CertKeyPaths,
+    /// Edge client `expired` signed by the dev CA, valid only during 2020
+    /// (`client-expired.crt`, `client-expired.key`): the server must refuse it.
+    pub client_expired: CertKeyPaths,
+    /// Edge client `revoked` signed by the dev CA and listed in [`crl`](Self::crl)
+    /// (`client-revoked.crt`, `client-revoked.key`): refused where the CRL is configured.
+    pub client_revoked: CertKeyPaths,
+    /// The dev CA's certificate revocation list (`ca.crl`, PEM), revoking `client-revoked` only.
+    pub crl: PathBuf,
 }
 
 /// What a leaf certificate says about its subject.
@@ -70,6 +80,8 @@ pub(crate) struct LeafSpec {
 pub(crate) struct IssuedPem {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's serial number (what a CRL names).
+    pub serial: SerialNumber,
 }
 
 /// A CA that can sign leaf certificates.
@@ -131,6 +143,11 @@ impl DevCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![spec.purpose.clone()];
         params.use_authority_key_identifier_extension = true;
+        // Random, positive, 16 bytes: unique without a counter, and known for the CRL.
+        let mut serial: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        serial[0] &= 0x7f;
+        let serial = SerialNumber::from_slice(&serial);
+        params.serial_number = Some(serial.clone());
         let mut sans = Vec::new();
         for dns in &spec.dns_names {
             sans.push(SanType::DnsName(
@@ -155,7 +172,43 @@ impl DevCa {
         Ok(IssuedPem {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
+    }
+
+    /// A certificate revocation list (PEM) signed by this CA that revokes `revoked`, issued
+    /// yesterday and next updated [`DEV_CERT_VALIDITY_DAYS`] later.
+    pub(crate) fn revocation_list(&self, revoked: &[&SerialNumber]) -> anyhow::Result<String> {
+        let (this_update, next_update) = dev_validity()?;
+        let at = |date: NaiveDate| -> anyhow::Result<_> {
+            Ok(rcgen::date_time_ymd(
+                date.year(),
+                u8::try_from(date.month()).context("month out of range")?,
+                u8::try_from(date.day()).context("day out of range")?,
+            ))
+        };
+        let params = CertificateRevocationListParams {
+            this_update: at(this_update)?,
+            next_update: at(next_update)?,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| -> anyhow::Result<_> {
+                    Ok(RevokedCertParams {
+                        serial_number: (*serial).clone(),
+                        revocation_time: at(this_update)?,
+                        reason_code: Some(RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .context("signing the revocation list")?;
+        crl.pem().context("encoding the revocation list")
     }
 }
 
@@ -233,12 +286,37 @@ pub fn write_dev_certs(out_dir: &Path) -> anyhow::Result<DevCertPaths> {
         &untrusted.key_pem,
     )?;
 
+    let expired = ca.issue_with_validity(
+        &edge_client_spec("expired"),
+        NaiveDate::from_ymd_opt(2020, 1, 1).context("date out of range")?,
+        NaiveDate::from_ymd_opt(2021, 1, 1).context("date out of range")?,
+    )?;
+    let expired_paths = write_pair(
+        out_dir,
+        "client-expired",
+        &expired.cert_pem,
+        &expired.key_pem,
+    )?;
+    let revoked = ca.issue(&edge_client_spec("revoked"))?;
+    let revoked_paths = write_pair(
+        out_dir,
+        "client-revoked",
+        &revoked.cert_pem,
+        &revoked.key_pem,
+    )?;
+    let crl = out_dir.join("ca.crl");
+    fs::write(&crl, ca.revocation_list(&[&revoked.serial])?)
+        .with_context(|| format!("writing {}", crl.display()))?;
+
     Ok(DevCertPaths {
         ca: ca_paths,
         server: server_paths,
         client_a: client_a_paths,
         client_b: client_b_paths,
         client_untrusted: untrusted_paths,
+        client_expired: expired_paths,
+        client_revoked: revoked_paths,
+        crl,
     })
 }
 
@@ -412,12 +490,17 @@ mod tests {
         assert_eq!(
             names,
             [
+                "ca.crl",
                 "ca.crt",
                 "ca.key",
                 "client-a.crt",
                 "client-a.key",
                 "client-b.crt",
                 "client-b.key",
+                "client-expired.crt",
+                "client-expired.key",
+                "client-revoked.crt",
+                "client-revoked.key",
                 "client-untrusted.crt",
                 "client-untrusted.key",
                 "server.crt",
@@ -453,6 +536,35 @@ mod tests {
         );
         // A server certificate is not a client certificate (EKU serverAuth only).
         assert!(verify(&paths.server.cert).is_err());
+        assert!(matches!(
+            verify(&paths.client_expired.cert).unwrap_err(),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })
+        ));
+        // Without the CRL the revoked client passes; with it, it alone is refused.
+        verify(&paths.client_revoked.cert).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(read_pem_certs(&paths.ca.cert).unwrap());
+        let crls = rustls_pki_types::CertificateRevocationListDer::pem_file_iter(&paths.crl)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(crls.len(), 1);
+        let with_crl = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .with_crls(crls)
+        .build()
+        .unwrap();
+        let verify = |path: &Path| {
+            let leaf = read_pem_certs(path).unwrap().remove(0);
+            with_crl.verify_client_cert(&leaf, &[], UnixTime::now())
+        };
+        verify(&paths.client_a.cert).unwrap();
+        assert_eq!(
+            verify(&paths.client_revoked.cert).unwrap_err(),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+        );
     }
 
     #[cfg(unix)]
@@ -476,6 +588,8 @@ mod tests {
             &first.client_a,
             &first.client_b,
             &first.client_untrusted,
+            &first.client_expired,
+            &first.client_revoked,
         ] {
             let mode = fs::metadata(&pair.key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", pair.key.display());

@@ -50,6 +50,12 @@ pub struct Config {
     /// Log output of `sluice serve`.
     #[serde(default)]
     pub log: LogConfig,
+    /// Reloading certificates, keys, secrets and principals without a restart.
+    #[serde(default)]
+    pub reload: crate::reload::ReloadConfig,
+    /// The file this config was loaded from (set by [`Config::load`]); a reload reads it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Log output (`[log]`).
@@ -434,7 +440,10 @@ impl Config {
         config
             .validate()
             .map_err(|message| anyhow::anyhow!("{}: {message}", path.display()))?;
-        Ok(config)
+        Ok(Config {
+            source: Some(path.to_path_buf()),
+            ..config
+        })
     }
 
     /// Parses a config from TOML text (no environment overrides); for tests.
@@ -458,6 +467,7 @@ impl Config {
             (Some(tls), false) => tls.validate("ingest.tls")?,
             (None, true) => {}
         }
+        self.reload.validate()?;
         if self.ingest.ack == AckMode::Spool && self.spool.is_none() {
             return Err(
                 "ingest.ack: \"spool\" (the default) needs a [spool] section with a dir; \

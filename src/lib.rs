@@ -11,8 +11,9 @@
 //! 7. [`sink`] — inserts over HTTP, retries, error classification.
 //!
 //! [`pipeline`] is where the stages meet; [`server`] runs them; [`config`], [`schema`] and
-//! [`check`] are what an operator touches; [`certs`] makes development certificates;
-//! [`status`] and [`logging`] are how an operator sees inside.
+//! [`check`] are what an operator touches; [`reload`] swaps in new certificates, keys and
+//! principals while running; [`certs`] makes development certificates; [`status`] and
+//! [`logging`] are how an operator sees inside.
 
 pub mod accept;
 pub mod aggregate;
@@ -25,6 +26,7 @@ pub mod dedup;
 pub mod encode;
 pub mod logging;
 pub mod pipeline;
+pub mod reload;
 pub mod schema;
 pub mod server;
 pub mod sink;

@@ -202,9 +202,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "client signed by another CA (refused)",
                     &paths.client_untrusted,
                 ),
+                ("client expired in 2021 (refused)", &paths.client_expired),
+                (
+                    "client revoked by the CRL (refused with client_crls)",
+                    &paths.client_revoked,
+                ),
             ] {
                 println!("  {role}: {} {}", pair.cert.display(), pair.key.display());
             }
+            println!("  CRL of the CA: {}", paths.crl.display());
             Ok(ExitCode::SUCCESS)
         }
     }

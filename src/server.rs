@@ -12,6 +12,7 @@ use crate::check;
 use crate::config::Config;
 use crate::dedup::DedupStore;
 use crate::pipeline::Pipeline;
+use crate::reload::Reloader;
 use crate::schema::SchemaSet;
 use crate::sink::Sink;
 use crate::sink::clickhouse::{self as ch, ClickHouseSink};
@@ -26,6 +27,8 @@ pub struct Server {
     ingest: tokio::task::JoinHandle<anyhow::Result<()>>,
     admin: tokio::task::JoinHandle<()>,
     probe: tokio::task::JoinHandle<()>,
+    /// Reloads certificates, keys and principals on SIGHUP and file changes.
+    reload: tokio::task::JoinHandle<()>,
     state: Arc<AppState>,
 }
 
@@ -104,8 +107,17 @@ impl Server {
             config.dedup.max_entries,
         )?;
         let auth = crate::auth::Auth::from_config(&config).map_err(|err| anyhow::anyhow!(err))?;
+        let tls = match &config.ingest.tls {
+            Some(tls_config) => Some(Arc::new(arc_swap::ArcSwap::new(
+                crate::accept::tls::server_config(tls_config)?,
+            ))),
+            None => None,
+        };
+        let reload_settings = config.reload.clone();
+        let reload_config = config.clone();
         let state = Arc::new(AppState {
-            auth,
+            auth: arc_swap::ArcSwap::from_pointee(auth),
+            tls,
             config: Arc::new(config),
             pipeline,
             spool,
@@ -140,6 +152,13 @@ impl Server {
                 tracing::error!(error = %err, "admin listener failed");
             }
         });
+        let reloader = Arc::new(Reloader::new(state.clone(), reload_config));
+        let reload = tokio::spawn(crate::reload::run(
+            reloader,
+            reload_settings,
+            crate::reload::Hangup::listen(),
+            wait_for_stop(stopped.clone()),
+        ));
         let ingest = tokio::spawn(accept::serve_ingest(
             ingest_listener,
             state.clone(),
@@ -153,6 +172,7 @@ impl Server {
             ingest,
             admin,
             probe,
+            reload,
             state,
         })
     }
@@ -163,6 +183,8 @@ impl Server {
         let _ = self.stop.send(true);
         let served = self.ingest.await;
         self.probe.abort();
+        // It holds the state too; it ends on the same stop signal.
+        let _ = self.reload.await;
         let _ = self.admin.await;
         match Arc::try_unwrap(self.state) {
             Ok(state) => state.pipeline.shutdown().await,

@@ -1,15 +1,97 @@
 //! Origin trust, case by case against a real handshake and a real ClickHouse: every refused
 //! credential or claim gets its documented status and message and stores nothing; the valid
 //! ones land with the audit columns of the verified context. This binary installs the global
-//! metrics recorder, so it holds this one test only.
+//! metrics recorder and log subscriber, so it holds this one test only.
 
 mod common;
 
-use common::auth::{Credentials, access_record, now, records, signed_headers};
+use common::auth::{Credentials, now, records, signed_headers};
 use common::server::TestServer;
 use metrics_exporter_prometheus::PrometheusBuilder;
+use rustls::AlertDescription;
 use serde_json::json;
 use sluice::accept::tls::ClientAuth;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the process logs (this binary installs the global subscriber), as text.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn install() -> CapturedLogs {
+        let logs = CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(logs.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> CapturedLogs {
+        self.clone()
+    }
+}
+
+/// Connects presenting the client certificate `client` and returns what the connection
+/// ended with: with TLS 1.3 the client finishes its side of the handshake before the server
+/// has judged its certificate, so the server's alert arrives on the first read.
+async fn handshake_refusal(server: &TestServer, client: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let certs = &server.certs;
+    let config = sluice::certs::client_config(
+        &certs.join("ca.crt"),
+        Some((
+            certs.join(format!("{client}.crt")).as_path(),
+            certs.join(format!("{client}.key")).as_path(),
+        )),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.server.as_ref().unwrap().ingest_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let error = match connector.connect(name, tcp).await {
+        Err(err) => err,
+        Ok(mut stream) => {
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf).await {
+                Err(err) => err,
+                Ok(n) => panic!("{client}: the server answered {n} bytes instead of an alert"),
+            }
+        }
+    };
+    error.to_string()
+}
+
+/// Polls `done` until it holds (the server logs just after it sends its alert).
+async fn wait_for(case: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{case}: not seen in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 struct Case {
     name: &'static str,
@@ -25,10 +107,14 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_is_exact_and_stores_nothing_and_valid_senders_land_with_audit_columns() {
     let recorder = PrometheusBuilder::new().install_recorder().unwrap();
+    let logs = CapturedLogs::install();
     let dir = tempfile::tempdir().unwrap();
     let creds = Credentials::write(dir.path());
     let server = TestServer::start_with("auth_refusals", &creds.config(), |config| {
-        config.ingest.tls.as_mut().unwrap().client_auth = ClientAuth::Optional;
+        let tls = config.ingest.tls.as_mut().unwrap();
+        tls.client_auth = ClientAuth::Optional;
+        // The dev CA's revocation list, beside its certificate.
+        tls.client_crls = vec![tls.client_ca.as_ref().unwrap().with_file_name("ca.crl")];
     })
     .await;
     let path = "/v1/streams/edge_access";
@@ -313,15 +399,42 @@ async fn every_refusal_is_exact_and_stores_nothing_and_valid_senders_land_with_a
         }
     }
 
-    // A client certificate from another CA is refused in the handshake, even in optional mode.
-    let error = server
-        .client(Some("client-untrusted"))
-        .post(server.url("edge_access"))
-        .body(access_record(1))
-        .send()
-        .await
-        .expect_err("the handshake is refused");
-    assert!(error.status().is_none(), "{error:?}");
+    // Refused client certificates, even in optional mode: a TLS alert (no HTTP answer), a log
+    // line and a metric by reason.
+    let handshake_cases = [
+        (
+            "cert from another CA",
+            "client-untrusted",
+            AlertDescription::UnknownCA,
+            "unknown_ca",
+        ),
+        (
+            "expired cert",
+            "client-expired",
+            AlertDescription::CertificateExpired,
+            "expired",
+        ),
+        (
+            "revoked cert",
+            "client-revoked",
+            AlertDescription::CertificateRevoked,
+            "revoked",
+        ),
+    ];
+    for (name, client, alert, reason) in handshake_cases {
+        assert_eq!(
+            handshake_refusal(&server, client).await,
+            rustls::Error::AlertReceived(alert).to_string(),
+            "{name}"
+        );
+        let wanted = format!("reason=\"{reason}\"");
+        wait_for(name, || {
+            logs.text()
+                .lines()
+                .any(|line| line.contains("tls handshake refused") && line.contains(&wanted))
+        })
+        .await;
+    }
 
     // Valid senders, each with its own credential.
     let ok = |headers: Vec<(&'static str, String)>, client: Option<&'static str>, id: &str| {
@@ -459,6 +572,8 @@ async fn every_refusal_is_exact_and_stores_nothing_and_valid_senders_land_with_a
         "sluice_principal_requests_total{principal=\"ew\",status=\"200\"} 3",
         "sluice_principal_requests_total{principal=\"slow\",status=\"429\"} 1",
         "sluice_tls_handshake_failures_total{reason=\"unknown_ca\"} 1",
+        "sluice_tls_handshake_failures_total{reason=\"expired\"} 1",
+        "sluice_tls_handshake_failures_total{reason=\"revoked\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
     }

@@ -216,7 +216,10 @@ async fn handle(
     } = request;
     let config = &state.config;
     // Authentication comes first: an anonymous client learns nothing, not even stream names.
-    let verified = state.auth.authenticate(peer, headers, unix_now() as i64)?;
+    // The credentials in force when the request arrived decide it, even if a reload swaps
+    // them meanwhile.
+    let auth = state.auth.load_full();
+    let verified = auth.authenticate(peer, headers, unix_now() as i64)?;
     let principal = verified.principal;
     seen.principal = Some(principal.name().to_string());
     let versions = state

@@ -23,8 +23,10 @@ use crate::spool::Spool;
 /// What ingest handlers share.
 pub struct AppState {
     pub config: Arc<Config>,
-    /// Principals, their credentials and rate-limit state.
-    pub auth: crate::auth::Auth,
+    /// Principals, their credentials and rate-limit state; swapped whole by a reload.
+    pub auth: arc_swap::ArcSwap<crate::auth::Auth>,
+    /// The ingest listener's TLS configuration (with `ingest.tls`); swapped whole by a reload.
+    pub tls: Option<tls::SharedServerConfig>,
     pub pipeline: Pipeline,
     /// The durable log of accepted batches (with `ingest.ack = "spool"`).
     pub spool: Option<Arc<Spool>>,
@@ -55,10 +57,10 @@ pub async fn serve_ingest(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = state.config.clone();
+    let tls_config = state.tls.clone();
     let router = app(state);
-    match &config.ingest.tls {
-        Some(tls) => {
-            let server_config = tls::server_config(tls)?;
+    match (&config.ingest.tls, tls_config) {
+        (Some(_), Some(server_config)) => {
             tls::serve_tls(
                 listener,
                 server_config,
@@ -68,7 +70,8 @@ pub async fn serve_ingest(
             )
             .await;
         }
-        None => {
+        (Some(_), None) => anyhow::bail!("ingest.tls is configured but no TLS setup was built"),
+        (None, _) => {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await?;

@@ -18,6 +18,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::server::{ServerConnection, VerifierBuilderError, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -65,6 +66,13 @@ pub struct TlsConfig {
     /// Whether clients must present a certificate (default `"required"`). See [`ClientAuth`].
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// Certificate revocation lists (PEM `X509 CRL` files, one or more CRLs each) that client
+    /// certificates are checked against. With any CRL configured, every certificate of a
+    /// client's chain below the root must be covered by a CRL of its issuer, or the client is
+    /// refused (reason `revocation_unknown`). Empty (default): no revocation check. Only with
+    /// `client_auth` `"required"` or `"optional"`.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// Whether the server asks for a client certificate, and what happens without one.
@@ -108,8 +116,20 @@ impl TlsConfig {
                 "{key_prefix}.client_ca: set, but client_auth = \"none\" never asks for a client \
                  certificate; remove it or set client_auth to \"required\" or \"optional\""
             )),
+            (ClientAuth::None, None) if !self.client_crls.is_empty() => Err(format!(
+                "{key_prefix}.client_crls: set, but client_auth = \"none\" never asks for a \
+                 client certificate"
+            )),
             _ => Ok(()),
         }
+    }
+
+    /// Every file this configuration reads, for watching (see [`crate::reload`]).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        files.extend(self.client_ca.iter().cloned());
+        files.extend(self.client_crls.iter().cloned());
+        files
     }
 }
 
@@ -137,6 +157,13 @@ pub enum TlsError {
     },
     #[error("{}: cannot verify client certificates with this CA: {source}", path.display())]
     ClientVerifier {
+        path: PathBuf,
+        source: VerifierBuilderError,
+    },
+    #[error("{}: no PEM certificate revocation list (X509 CRL) found", path.display())]
+    NoCrl { path: PathBuf },
+    #[error("{}: not a usable certificate revocation list: {source}", path.display())]
+    BadCrl {
         path: PathBuf,
         source: VerifierBuilderError,
     },
@@ -170,8 +197,22 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
                     source,
                 })?;
             }
+            let roots = Arc::new(roots);
+            let mut crls = Vec::new();
+            for crl_path in &cfg.client_crls {
+                let file_crls = read_crls(crl_path)?;
+                // Parsed one file at a time, so that a bad one is named.
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .with_crls(file_crls.iter().cloned())
+                    .build()
+                    .map_err(|source| TlsError::BadCrl {
+                        path: crl_path.clone(),
+                        source,
+                    })?;
+                crls.extend(file_crls);
+            }
             let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                WebPkiClientVerifier::builder_with_provider(roots, provider).with_crls(crls);
             if mode == ClientAuth::Optional {
                 verifier = verifier.allow_unauthenticated();
             }
@@ -211,6 +252,23 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         });
     }
     Ok(certificates)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let read_error = |source| TlsError::ReadPem {
+        path: path.to_owned(),
+        source,
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(read_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_error)?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl {
+            path: path.to_owned(),
+        });
+    }
+    Ok(crls)
 }
 
 fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -323,6 +381,8 @@ impl HandshakeError {
 /// | `no_certificate` | client auth required, the client sent no certificate |
 /// | `unknown_ca` | the client certificate does not chain to `client_ca` |
 /// | `expired` / `not_yet_valid` | the client certificate is outside its validity window |
+/// | `revoked` | a configured CRL lists the client certificate (or a CA of its chain) |
+/// | `revocation_unknown` | CRLs are configured, but none from the issuer of a certificate of the chain |
 /// | `bad_certificate` | any other certificate problem (wrong key usage, bad signature, …) |
 /// | `peer_alert` | the client aborted with an alert, usually because it does not trust our certificate |
 /// | `protocol` | not TLS, or no common version, cipher suite or ALPN protocol |
@@ -356,6 +416,8 @@ fn rustls_failure_reason(err: &rustls::Error) -> &'static str {
         Tls::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
             "not_yet_valid"
         }
+        Tls::InvalidCertificate(Cert::Revoked) => "revoked",
+        Tls::InvalidCertificate(Cert::UnknownRevocationStatus) => "revocation_unknown",
         Tls::InvalidCertificate(_) => "bad_certificate",
         Tls::AlertReceived(_) => "peer_alert",
         Tls::InappropriateMessage { .. }
@@ -385,8 +447,13 @@ where
     Ok((stream, identity))
 }
 
+/// The server configuration in force, swapped whole by a reload (see [`crate::reload`]).
+pub type SharedServerConfig = Arc<ArcSwap<ServerConfig>>;
+
 /// Serves `app` over TLS on `listener` until `shutdown` completes.
 ///
+/// - Each new connection is served with the configuration `tls` holds when it arrives; a
+///   reload that swaps it does not touch connections already open.
 /// - At most `max_connections` connections (handshaking or open) at a time; at the limit the
 ///   loop stops accepting until one closes, so further clients wait in the kernel's backlog. A
 ///   limit of 0 is treated as 1 (config validation should refuse it).
@@ -401,7 +468,7 @@ where
 ///   every connection is closed. Bound the drain by wrapping the call in a timeout if needed.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: SharedServerConfig,
     app: axum::Router,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
@@ -420,13 +487,12 @@ pub async fn serve_tls(
 /// [`serve_tls`] with another handshake timeout (tests use a short one).
 async fn serve_tls_with_handshake_timeout(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: SharedServerConfig,
     app: axum::Router,
     max_connections: usize,
     handshake_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let connection_slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     // Connections still in their handshake are not yet watched by `graceful`; this tells them
@@ -461,7 +527,9 @@ async fn serve_tls_with_handshake_timeout(
             tracing::debug!(%remote, error = %err, "cannot set TCP_NODELAY");
         }
 
-        let acceptor = acceptor.clone();
+        // The configuration in force when the connection arrived serves it to its end: a
+        // reload changes what later connections see, never an open one.
+        let acceptor = TlsAcceptor::from(tls.load_full());
         let app = app.clone();
         let http = http.clone();
         let watcher = graceful.watcher();
@@ -548,6 +616,7 @@ mod tests {
             key: certs.server.key.clone(),
             client_ca: (client_auth != ClientAuth::None).then(|| certs.ca.cert.clone()),
             client_auth,
+            client_crls: Vec::new(),
         }
     }
 
@@ -571,7 +640,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_tls_with_handshake_timeout(
             listener,
-            tls,
+            Arc::new(ArcSwap::new(tls)),
             app,
             max_connections,
             handshake_timeout,
@@ -808,6 +877,7 @@ mod tests {
             key: dev.server.key.clone(),
             client_ca: Some(client_ca_path),
             client_auth: ClientAuth::Required,
+            client_crls: Vec::new(),
         })
         .unwrap();
         let client_tls =
@@ -820,6 +890,67 @@ mod tests {
             .await;
         assert_refused_with_alert(result, rustls::AlertDescription::CertificateExpired);
         assert_failure_counted(&recorder, "expired").await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_revoked_client_certificate_is_refused_as_revoked() {
+        let recorder = local_recorder();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().unwrap();
+        let dev = certs::write_dev_certs(dir.path()).unwrap();
+        let tls = server_config(&TlsConfig {
+            client_crls: vec![dev.crl.clone()],
+            ..dev_config(&dev, ClientAuth::Required)
+        })
+        .unwrap();
+        let server = start_with(tls, dev, dir, 64, TLS_HANDSHAKE_TIMEOUT).await;
+
+        let response = server
+            .client(Some(&server.certs.client_a))
+            .get(server.url())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "edge-a.sluice.local");
+        let client = server.client(Some(&server.certs.client_revoked));
+        assert_refused_with_alert(
+            client.get(server.url()).send().await,
+            rustls::AlertDescription::CertificateRevoked,
+        );
+        assert_failure_counted(&recorder, "revoked").await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn with_crls_a_client_whose_issuer_has_none_is_refused() {
+        let recorder = local_recorder();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().unwrap();
+        let dev = certs::write_dev_certs(dir.path()).unwrap();
+        // Both CAs are trusted, only the other one's (empty) CRL is configured.
+        let other = certs::DevCa::generate("another CA").unwrap();
+        let other_crl = dir.path().join("other.crl");
+        std::fs::write(&other_crl, other.revocation_list(&[]).unwrap()).unwrap();
+        let both = dir.path().join("both-cas.crt");
+        std::fs::write(
+            &both,
+            std::fs::read_to_string(&dev.ca.cert).unwrap() + other.cert_pem(),
+        )
+        .unwrap();
+        let tls = server_config(&TlsConfig {
+            client_ca: Some(both),
+            client_crls: vec![other_crl],
+            ..dev_config(&dev, ClientAuth::Required)
+        })
+        .unwrap();
+        let server = start_with(tls, dev, dir, 64, TLS_HANDSHAKE_TIMEOUT).await;
+        let client = server.client(Some(&server.certs.client_a));
+        assert_refused_with_alert(
+            client.get(server.url()).send().await,
+            rustls::AlertDescription::UnknownCA,
+        );
+        assert_failure_counted(&recorder, "revocation_unknown").await;
         server.shutdown().await;
     }
 
@@ -1019,6 +1150,7 @@ mod tests {
             key: "s.key".into(),
             client_ca: None,
             client_auth: ClientAuth::Required,
+            client_crls: Vec::new(),
         };
         assert_eq!(
             config.validate("ingest.tls").unwrap_err(),
@@ -1031,6 +1163,13 @@ mod tests {
         );
         config.client_auth = ClientAuth::None;
         assert_eq!(config.validate("ingest.tls"), Ok(()));
+        config.client_crls = vec!["ca.crl".into()];
+        assert_eq!(
+            config.validate("ingest.tls").unwrap_err(),
+            "ingest.tls.client_crls: set, but client_auth = \"none\" never asks for a client \
+             certificate"
+        );
+        config.client_crls.clear();
         config.client_ca = Some("ca.crt".into());
         assert!(
             config
@@ -1080,6 +1219,35 @@ mod tests {
             msg.contains("server.crt with key") && msg.contains("client-a.key"),
             "{msg}"
         );
+
+        // A CRL file holding a certificate, and one whose CRL does not parse.
+        let msg = message(&TlsConfig {
+            client_crls: vec![dev.ca.cert.clone()],
+            ..good.clone()
+        });
+        assert!(
+            msg.contains("ca.crt: no PEM certificate revocation list (X509 CRL) found"),
+            "{msg}"
+        );
+        let garbled = dir.path().join("garbled.crl");
+        std::fs::write(
+            &garbled,
+            "-----BEGIN X509 CRL-----\nMAMCAQA=\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let msg = message(&TlsConfig {
+            client_crls: vec![dev.crl.clone(), garbled],
+            ..good.clone()
+        });
+        assert!(
+            msg.contains("garbled.crl: not a usable certificate revocation list"),
+            "{msg}"
+        );
+        server_config(&TlsConfig {
+            client_crls: vec![dev.crl.clone()],
+            ..good.clone()
+        })
+        .unwrap();
 
         let msg = message(&TlsConfig {
             client_ca: None,

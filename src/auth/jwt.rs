@@ -3,8 +3,8 @@
 //! principal named by a claim.
 //!
 //! A verified token is cached until its `exp`, so a sender that reuses one token for many batches
-//! pays for one signature check. The cache is bounded (`cache_entries`); when full, expired
-//! entries are dropped first, then all of them.
+//! pays for one signature check. The cache is bounded (`cache_entries`, keyed by the token's
+//! SHA-256); when full, expired entries are dropped first, then all of them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::AuthError;
 use super::secret::load_secret;
@@ -99,7 +100,9 @@ struct Cached {
 pub struct JwtVerifier {
     keys: Vec<Key>,
     config: JwtConfig,
-    cache: Mutex<HashMap<String, Cached>>,
+    /// SHA-256 of a verified token → what it proved. Keyed by digest so an entry costs the
+    /// same whatever the token's length.
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
 
 impl JwtVerifier {
@@ -142,8 +145,9 @@ impl JwtVerifier {
 
     /// The principal claim of a valid token (`now`: unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<String, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = cache.get(token)
+        if let Some(hit) = cache.get(&digest)
             && now < hit.expires_at
         {
             return Ok(hit.principal.clone());
@@ -158,7 +162,7 @@ impl JwtVerifier {
             }
         }
         cache.insert(
-            token.to_string(),
+            digest,
             Cached {
                 principal: principal.clone(),
                 expires_at,
@@ -368,13 +372,17 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
+        let key = |token: &str| -> [u8; 32] { Sha256::digest(token.as_bytes()).into() };
         let a = token("a", now + 100);
         assert_eq!(verifier.verify(&a, now).unwrap(), "a");
-        assert_eq!(verifier.cache.lock().unwrap()[&a].expires_at, now + 100);
+        assert_eq!(
+            verifier.cache.lock().unwrap()[&key(&a)].expires_at,
+            now + 100
+        );
         // A cache hit answers without verifying again; past the entry's expiry the token is
         // verified again.
         verifier.cache.lock().unwrap().insert(
-            a.clone(),
+            key(&a),
             Cached {
                 principal: "from-cache".into(),
                 expires_at: now + 10,
@@ -388,7 +396,7 @@ mod tests {
             err.message,
             format!("token expired at {}", format_time(now as i64 - 100))
         );
-        assert!(!verifier.cache.lock().unwrap().contains_key(&expired));
+        assert!(!verifier.cache.lock().unwrap().contains_key(&key(&expired)));
         for sub in ["b", "c", "d"] {
             verifier.verify(&token(sub, now + 100), now).unwrap();
         }

@@ -25,6 +25,8 @@ pub mod secret;
 pub mod signature;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderName};
@@ -141,8 +143,10 @@ impl Method {
 #[derive(Debug)]
 pub struct Principal {
     pub config: PrincipalConfig,
-    rows: Option<rate::TokenBucket>,
-    bytes: Option<rate::TokenBucket>,
+    /// Shared with the principal of the same name and limits after a reload, so that a reload
+    /// does not refill the buckets.
+    rows: Option<Arc<rate::TokenBucket>>,
+    bytes: Option<Arc<rate::TokenBucket>>,
 }
 
 /// Everything needed to authenticate requests, built once from the config.
@@ -173,6 +177,16 @@ struct PendingSignature<'a> {
 impl Auth {
     /// Loads secrets and keys; errors name the config key.
     pub fn from_config(config: &Config) -> Result<Auth, String> {
+        Auth::build(config, None)
+    }
+
+    /// Loads secrets and keys again (a reload). A principal whose name and rate limit are
+    /// unchanged keeps the rate-limit state it had in `previous`.
+    pub fn reloaded(config: &Config, previous: &Auth) -> Result<Auth, String> {
+        Auth::build(config, Some(previous))
+    }
+
+    fn build(config: &Config, previous: Option<&Auth>) -> Result<Auth, String> {
         let now = Instant::now();
         let mut principals = Vec::new();
         let mut header_secrets: Vec<([u8; 32], usize)> = Vec::new();
@@ -194,8 +208,22 @@ impl Auth {
                     .ok_or_else(|| format!("{key}.id: required for a signing key"))?;
                 signing_keys.insert(id, (i, secret.load(&key)?));
             }
+            let same_limits = previous.and_then(|previous| {
+                previous
+                    .principals
+                    .iter()
+                    .find(|old| old.config.name == p.name && old.config.rate_limit == p.rate_limit)
+            });
+            if let Some(old) = same_limits {
+                principals.push(Principal {
+                    config: p.clone(),
+                    rows: old.rows.clone(),
+                    bytes: old.bytes.clone(),
+                });
+                continue;
+            }
             let bucket = |rate: Option<f64>, limit: &rate::RateLimitConfig| {
-                rate.map(|rate| rate::TokenBucket::new(rate, limit.burst_secs, now))
+                rate.map(|rate| Arc::new(rate::TokenBucket::new(rate, limit.burst_secs, now)))
             };
             principals.push(Principal {
                 config: p.clone(),
@@ -225,6 +253,22 @@ impl Auth {
             secret_header,
             signature_window_secs: config.auth.signature_window_secs,
         })
+    }
+
+    /// Every file the auth settings of `config` read (header secrets, signing keys, JWT keys,
+    /// the JWKS file), for watching (see [`crate::reload`]).
+    pub fn files(config: &Config) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = config
+            .principals
+            .iter()
+            .flat_map(|p| p.header_secrets.iter().chain(&p.signing_keys))
+            .filter_map(|secret| secret.file.clone())
+            .collect();
+        if let Some(jwt) = &config.auth.jwt {
+            files.extend(jwt.keys.iter().filter_map(|key| key.file.clone()));
+            files.extend(jwt.jwks_file.iter().cloned());
+        }
+        files
     }
 
     /// Verifies every credential the request presents (the signature only as far as its
