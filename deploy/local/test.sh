@@ -30,14 +30,16 @@ section "Rust toolchain"
 command -v cargo >/dev/null || die "cargo not found: install Rust (rust-version in Cargo.toml)"
 cargo --version
 
-section "Tools the tests run (openssl, curl, node)"
+section "Tools the tests run (openssl, curl, node, systemd-analyze)"
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v node >/dev/null || missing+=(nodejs)
+command -v systemd-analyze >/dev/null || missing+=(systemd) # checks deploy/systemd/
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 openssl version
 node --version
+systemd-analyze --version | head -n 1
 
 section "Python packages (tests/requirements.txt)"
 PYTHON=${CHDB_PYTHON:-python3}
