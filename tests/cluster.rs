@@ -117,7 +117,8 @@ async fn two_sluice_instances_write_each_batch_once_to_its_shard() {
 
     // Distinct batches from each instance, every one with its batch id; one row of each batch
     // lacks its required reqId and goes to quarantine, on the same shard as the batch's rows.
-    let mut sent = BTreeMap::new();
+    // All batches at once: each instance accumulates them into a few inserts per shard.
+    let mut requests = tokio::task::JoinSet::new();
     for (n, instance) in instances.iter().enumerate() {
         let base_url = format!("https://localhost:{}", instance.ingest_addr.port());
         let client = client(&certs);
@@ -126,23 +127,28 @@ async fn two_sluice_instances_write_each_batch_once_to_its_shard() {
             let rows = Generator::new((n * 1000 + b) as u64).edge_access(ROWS_PER_BATCH);
             let mut body = generator::encode_access(&rows, Format::Ndjson);
             body.extend_from_slice(b"{\"reqTimeSec\":\"1573840000\"}\n");
-            let response = client
+            let request = client
                 .post(format!("{base_url}/v1/streams/edge_access"))
                 .header("content-type", "application/x-ndjson")
                 .header("x-sluice-batch-id", &batch_id)
-                .body(body)
-                .send()
-                .await
-                .expect("sluice answers");
-            let status = response.status().as_u16();
-            let answer: serde_json::Value =
-                serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            assert_eq!(status, 200, "{answer}");
-            assert_eq!(answer["accepted"], ROWS_PER_BATCH as u64, "{answer}");
-            assert_eq!(answer["rejected"], 1, "{answer}");
-            sent.insert(batch_id, ROWS_PER_BATCH as u64);
+                .body(body);
+            requests.spawn(async move {
+                let response = request.send().await.expect("sluice answers");
+                let status = response.status().as_u16();
+                (batch_id, status, response.text().await.unwrap())
+            });
         }
     }
+    let mut sent = BTreeMap::new();
+    while let Some(answered) = requests.join_next().await {
+        let (batch_id, status, text) = answered.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["accepted"], ROWS_PER_BATCH as u64, "{answer}");
+        assert_eq!(answer["rejected"], 1, "{answer}");
+        sent.insert(batch_id, ROWS_PER_BATCH as u64);
+    }
+    assert_eq!(sent.len(), 2 * BATCHES_PER_INSTANCE);
 
     // Each batch is on exactly one shard, the one its (principal, batch id) hashes to.
     let shard_map = ShardMap::weighted([1, 1]);
