@@ -42,6 +42,33 @@ pub async fn apply_schemas(
     Ok(version)
 }
 
+/// Applies the schemas on every endpoint of the config with the admin credentials: `url`, then
+/// its failover replicas and every shard replica (each needs its local tables). `url` must take
+/// them; another endpoint that does not answer is logged and skipped (it gets its tables from
+/// `sluice schema apply` or the next start), one that answers but refuses is an error. The
+/// version is `url`'s.
+pub async fn apply_schemas_everywhere(
+    config: &crate::config::ClickHouseConfig,
+    schemas: &SchemaSet,
+) -> anyhow::Result<ServerVersion> {
+    let (user, password) = config.admin_credentials();
+    let mut first = None;
+    for url in config.all_urls() {
+        let client = crate::sink::clickhouse::client(&url, user, password);
+        if first.is_some()
+            && let Err(err) = server_version(&client).await
+        {
+            tracing::warn!(%url, error = %err, "clickhouse endpoint not reachable; schemas not applied there");
+            continue;
+        }
+        let version = apply_schemas(&client, schemas, &config.database)
+            .await
+            .map_err(|err| anyhow::anyhow!("applying the schemas on {url}: {err}"))?;
+        first.get_or_insert(version);
+    }
+    Ok(first.expect("url is always the first endpoint"))
+}
+
 /// A difference between a schema and the live table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drift {

@@ -219,11 +219,17 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`: inserts go here (without `shards`), and
+    /// the server version, readiness and `sluice check` are asked here.
     pub url: String,
     /// More endpoints of the same tables (replicas), tried in order when `url` fails.
     #[serde(default)]
     pub failover_urls: Vec<String>,
+    /// Shards of a ClickHouse cluster (`[[clickhouse.shards]]`): each batch's rows go to one
+    /// shard's local tables, chosen by a hash of (principal, batch id) weighted by `weight`.
+    /// Empty: one shard, `url` then `failover_urls`.
+    #[serde(default)]
+    pub shards: Vec<ShardConfig>,
     /// Database holding the streams' tables.
     #[serde(default = "default_database")]
     pub database: String,
@@ -256,7 +262,45 @@ pub struct ClickHouseConfig {
     pub max_inserts_in_flight: usize,
 }
 
+/// One shard of a ClickHouse cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// HTTP endpoints of the shard's replicas, tried in order (each with a circuit breaker).
+    pub urls: Vec<String>,
+    /// Share of batches relative to the other shards (like `<weight>` in `remote_servers`).
+    #[serde(default = "default_shard_weight")]
+    pub weight: u32,
+}
+
+fn default_shard_weight() -> u32 {
+    1
+}
+
 impl ClickHouseConfig {
+    /// The endpoints of each shard, replicas in order: `shards`, or else one shard of `url`
+    /// and `failover_urls`.
+    pub fn shard_urls(&self) -> Vec<Vec<String>> {
+        if self.shards.is_empty() {
+            let urls = std::iter::once(&self.url).chain(&self.failover_urls);
+            vec![urls.cloned().collect()]
+        } else {
+            self.shards.iter().map(|s| s.urls.clone()).collect()
+        }
+    }
+
+    /// Every distinct endpoint: `url`, `failover_urls` and every shard replica (where the
+    /// schema is applied at start).
+    pub fn all_urls(&self) -> Vec<String> {
+        let mut urls = vec![self.url.clone()];
+        for url in self.shard_urls().into_iter().flatten() {
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
+    }
+
     pub fn admin_credentials(&self) -> (&str, &str) {
         match &self.admin_user {
             Some(user) => (user, self.admin_password.as_deref().unwrap_or("")),
@@ -545,6 +589,28 @@ impl Config {
                 return Err(format!("{key}: {url:?} is not an http:// or https:// URL"));
             }
         }
+        if !self.clickhouse.shards.is_empty() && !self.clickhouse.failover_urls.is_empty() {
+            return Err("clickhouse.failover_urls: with clickhouse.shards, list each shard's replicas in its urls".to_string());
+        }
+        for (i, shard) in self.clickhouse.shards.iter().enumerate() {
+            if shard.urls.is_empty() {
+                return Err(format!(
+                    "clickhouse.shards[{i}].urls: must list at least one URL"
+                ));
+            }
+            if shard.weight == 0 {
+                return Err(format!(
+                    "clickhouse.shards[{i}].weight: must be greater than 0"
+                ));
+            }
+            for url in &shard.urls {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "clickhouse.shards[{i}].urls: {url:?} is not an http:// or https:// URL"
+                    ));
+                }
+            }
+        }
         if !(1..=22).contains(&self.clickhouse.zstd_level) {
             return Err("clickhouse.zstd_level: must be between 1 and 22".to_string());
         }
@@ -697,5 +763,45 @@ mod tests {
             assert!(err.to_lowercase().contains("batch.max_age_ms"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn shards_list_their_replicas() {
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n[[clickhouse.shards]]\nurls = [\"http://a1:8123\", \"http://a2:8123\"]\n\
+             [[clickhouse.shards]]\nurls = [\"http://b1:8123\"]\nweight = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.clickhouse.shard_urls(),
+            [
+                vec!["http://a1:8123", "http://a2:8123"],
+                vec!["http://b1:8123"]
+            ]
+        );
+        assert_eq!(config.clickhouse.all_urls().len(), 4);
+        assert_eq!(
+            Config::from_toml(MINIMAL).unwrap().clickhouse.shard_urls(),
+            [vec!["http://127.0.0.1:8123"]]
+        );
+        let err = Config::from_toml(&format!(
+            "{MINIMAL}\n[[clickhouse.shards]]\nurls = [\"http://a1:8123\"]\nweight = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "clickhouse.shards[0].weight: must be greater than 0"
+        );
+        let err = Config::from_toml(&format!(
+            "{MINIMAL}\n[[clickhouse.shards]]\nurls = [\"a1:8123\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("clickhouse.shards[0].urls:"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!("{MINIMAL}\n[[clickhouse.shards]]\nurl = \"x\"\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `url`"), "{err}");
     }
 }

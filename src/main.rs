@@ -176,10 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let config = Config::load(&config)?;
                 let c = &config.clickhouse;
                 let set = SchemaSet::load_dir(&config.schemas)?;
-                let (user, password) = c.admin_credentials();
-                let version =
-                    check::apply_schemas(&ch::client(&c.url, user, password), &set, &c.database)
-                        .await?;
+                let version = check::apply_schemas_everywhere(c, &set).await?;
                 println!(
                     "applied {} schema(s) to {} on ClickHouse {version}",
                     set.latest().count(),

@@ -25,7 +25,7 @@ use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Receipt, Sub
 use crate::config::Config;
 use crate::encode::{self, Compression};
 use crate::schema::{ContextField, Schema, SchemaSet};
-use crate::sink::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
+use crate::sink::{BatchKey, InsertRequest, ShardMap, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
 use crate::status::Status;
 use crate::validate::{CompiledSchema, QuarantineBuilder, RequestContext, StreamOptions};
@@ -205,6 +205,7 @@ impl Pipeline {
             shutting_down: shutting_down.clone(),
             status,
         });
+        let shard_map = sink.shard_map();
         let dispatcher = tokio::spawn(dispatch(insert_rx, sink, delivery, delivered.clone()));
         let memory_total_kib =
             (config.limits.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize) as u32;
@@ -248,7 +249,10 @@ impl Pipeline {
                     target: target.clone(),
                     receiver,
                     inserts: insert_tx.clone(),
-                    accumulator: Accumulator::new(limits),
+                    accumulators: (0..shard_map.len())
+                        .map(|_| Accumulator::new(limits))
+                        .collect(),
+                    shard_map: shard_map.clone(),
                     delivery,
                 };
                 let name = format!("acc-{}-v{}", table_schema.stream, table_schema.version);
@@ -426,14 +430,18 @@ struct AccumulatorThread {
     target: Arc<TableTarget>,
     receiver: crossbeam_channel::Receiver<Submission>,
     inserts: mpsc::Sender<EncodedInsert>,
-    accumulator: Accumulator,
+    /// One accumulator per shard of the cluster (one without shards): a request's rows join
+    /// the accumulator of the shard its batch hashes to, so each insert goes to one shard.
+    accumulators: Vec<Accumulator>,
+    shard_map: ShardMap,
     delivery: DeliveryOptions,
 }
 
 impl AccumulatorThread {
     fn run(mut self) {
         loop {
-            let received = match self.accumulator.deadline() {
+            let deadline = self.accumulators.iter().filter_map(|a| a.deadline()).min();
+            let received = match deadline {
                 Some(deadline) => self.receiver.recv_deadline(deadline),
                 None => self
                     .receiver
@@ -441,24 +449,36 @@ impl AccumulatorThread {
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             let now = Instant::now();
-            let ready = match received {
-                Ok(submission) => self.accumulator.push(submission, now),
-                Err(RecvTimeoutError::Timeout) => self.accumulator.take_if_due(now),
+            match received {
+                Ok(submission) => {
+                    let shard = self.shard_map.shard_of(submission.receipt.key().as_ref());
+                    if let Some(pending) = self.accumulators[shard].push(submission, now) {
+                        self.flush(pending, shard);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let due: Vec<(usize, Pending)> = (self.accumulators.iter_mut().enumerate())
+                        .filter_map(|(shard, a)| a.take_if_due(now).map(|p| (shard, p)))
+                        .collect();
+                    for (shard, pending) in due {
+                        self.flush(pending, shard);
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
-                    if !self.accumulator.is_empty() {
-                        let pending = self.accumulator.take();
-                        self.flush(pending);
+                    let rest: Vec<(usize, Pending)> = (self.accumulators.iter_mut().enumerate())
+                        .filter(|(_, a)| !a.is_empty())
+                        .map(|(shard, a)| (shard, a.take()))
+                        .collect();
+                    for (shard, pending) in rest {
+                        self.flush(pending, shard);
                     }
                     return;
                 }
-            };
-            if let Some(pending) = ready {
-                self.flush(pending);
             }
         }
     }
 
-    fn flush(&self, pending: Pending) {
+    fn flush(&self, pending: Pending, shard: usize) {
         let Pending {
             parts,
             rows,
@@ -488,7 +508,7 @@ impl AccumulatorThread {
             .map(|(_, batch)| batch)
             .filter(|batch| batch.num_rows() > 0)
             .collect();
-        let request = match self.encode(&batches, rows) {
+        let request = match self.encode(&batches, rows, shard) {
             Ok(request) => request,
             Err(err) => {
                 tracing::error!(table = %self.target.table, error = %err, "encoding failed");
@@ -515,7 +535,12 @@ impl AccumulatorThread {
         }
     }
 
-    fn encode(&self, batches: &[&RecordBatch], rows: usize) -> anyhow::Result<InsertRequest> {
+    fn encode(
+        &self,
+        batches: &[&RecordBatch],
+        rows: usize,
+        shard: usize,
+    ) -> anyhow::Result<InsertRequest> {
         let columns = encode::native_columns(&self.schema);
         let merged;
         let batch = match batches {
@@ -549,6 +574,7 @@ impl AccumulatorThread {
             framed,
             rows,
             insert_id: Arc::from(format!("sluice-{}", uuid::Uuid::new_v4())),
+            shard,
         })
     }
 }

@@ -66,9 +66,7 @@ impl Server {
         tracing::info!(json = %crate::decode::json_implementation(), "simd-json implementation");
         let ch = &config.clickhouse;
         if ch.apply_schema {
-            let (user, password) = ch.admin_credentials();
-            let admin_client = ch::client(&ch.url, user, password);
-            let version = check::apply_schemas(&admin_client, &schemas, &ch.database).await?;
+            let version = check::apply_schemas_everywhere(ch, &schemas).await?;
             tracing::info!(%version, database = %ch.database, "schemas applied");
         }
         let probe_client = ch::client(&ch.url, &ch.user, &ch.password);

@@ -30,17 +30,19 @@ section "Rust toolchain"
 command -v cargo >/dev/null || die "cargo not found: install Rust (rust-version in Cargo.toml)"
 cargo --version
 
-section "Tools the tests run (openssl, curl, node, chromium)"
+section "Tools the tests run (openssl, curl, node, chromium, systemd-analyze)"
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v node >/dev/null || missing+=(nodejs)
 # The status page is tested in headless Chromium.
 command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd) # checks deploy/systemd/
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 openssl version
 node --version
 chromium --version
+systemd-analyze --version | head -n 1
 
 section "Python packages (tests/requirements.txt)"
 PYTHON=${CHDB_PYTHON:-python3}

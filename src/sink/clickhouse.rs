@@ -12,10 +12,12 @@ use super::{BatchKey, InsertRequest, Sink, SinkError, TableTarget};
 use crate::config::ClickHouseConfig;
 use crate::schema::ddl::ServerVersion;
 
-/// Inserts go to the first endpoint whose breaker lets them through: `clickhouse.url`, then
-/// `clickhouse.failover_urls` in order (replicas of the same tables).
+/// Inserts go to their shard (`clickhouse.shards`, or one shard of `clickhouse.url` then
+/// `clickhouse.failover_urls`), there to the first replica whose breaker lets them through.
 pub struct ClickHouseSink {
-    endpoints: Vec<Endpoint>,
+    /// Each shard's replicas, in order.
+    shards: Vec<Vec<Endpoint>>,
+    shard_map: super::ShardMap,
     timeout: Duration,
     /// Send the insert id as `insert_deduplication_token` (servers 22.2+), so that a retry of
     /// an insert whose answer was lost is stored once by the server itself.
@@ -30,38 +32,54 @@ struct Endpoint {
 
 impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig, server: Option<ServerVersion>) -> ClickHouseSink {
-        let urls = std::iter::once(&config.url).chain(&config.failover_urls);
+        let endpoint = |url: String| Endpoint {
+            client: client(&url, &config.user, &config.password),
+            url,
+            breaker: Mutex::new(Breaker::default()),
+        };
+        let shards: Vec<Vec<Endpoint>> = config
+            .shard_urls()
+            .into_iter()
+            .map(|urls| urls.into_iter().map(endpoint).collect())
+            .collect();
+        let shard_map = if config.shards.is_empty() {
+            super::ShardMap::single()
+        } else {
+            super::ShardMap::weighted(config.shards.iter().map(|s| s.weight))
+        };
         ClickHouseSink {
-            endpoints: urls
-                .map(|url| Endpoint {
-                    url: url.clone(),
-                    client: client(url, &config.user, &config.password),
-                    breaker: Mutex::new(Breaker::default()),
-                })
-                .collect(),
+            shards,
+            shard_map,
             timeout: Duration::from_secs(config.insert_timeout_secs),
             deduplication_token: server.is_some_and(ServerVersion::supports_deduplication_token),
         }
     }
 
-    /// The endpoint to use now, or when the first breaker lets a trial through.
-    fn pick(&self) -> Result<&Endpoint, SinkError> {
+    /// The replica of `shard` to use now, or when the first breaker lets a trial through.
+    fn pick(&self, shard: usize) -> Result<&Endpoint, SinkError> {
         let now = Instant::now();
-        if let Some(endpoint) = self
-            .endpoints
+        let endpoints = self.shards.get(shard).ok_or_else(|| SinkError::Permanent {
+            code: 0,
+            message: format!("no shard {shard}: {} configured", self.shards.len()),
+        })?;
+        if let Some(endpoint) = endpoints
             .iter()
             .find(|e| e.breaker.lock().unwrap().allow(now))
         {
             return Ok(endpoint);
         }
-        let next = self
-            .endpoints
+        let next = endpoints
             .iter()
             .filter_map(|e| e.breaker.lock().unwrap().retry_at())
             .min()
             .map(|at| at.saturating_duration_since(now));
+        let of_shard = if self.shards.len() > 1 {
+            format!(" of shard {}", shard + 1)
+        } else {
+            String::new()
+        };
         Err(SinkError::Unreachable(format!(
-            "every clickhouse endpoint is failing; next trial in {:.1} s",
+            "every clickhouse endpoint{of_shard} is failing; next trial in {:.1} s",
             next.unwrap_or_default().as_secs_f64()
         )))
     }
@@ -119,7 +137,7 @@ pub fn client(url: &str, user: &str, password: &str) -> clickhouse::Client {
 impl Sink for ClickHouseSink {
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError> {
         loop {
-            let endpoint = self.pick()?;
+            let endpoint = self.pick(request.shard)?;
             let outcome = self.insert_into(endpoint, request).await;
             self.record(endpoint, &outcome);
             match outcome {
@@ -143,14 +161,24 @@ impl Sink for ClickHouseSink {
         let Some((principal, batch_id)) = &target.batch_key_columns else {
             return Ok(HashMap::new());
         };
-        let endpoint = self.pick()?;
-        let outcome = query_stored_rows(endpoint, target, principal, batch_id, keys).await;
-        // A probe is a trial like any request: its outcome feeds the endpoint's breaker.
-        self.record(
-            endpoint,
-            &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
-        );
-        outcome
+        let mut found: HashMap<BatchKey, u64> = HashMap::new();
+        for shard in 0..self.shards.len() {
+            let endpoint = self.pick(shard)?;
+            let outcome = query_stored_rows(endpoint, target, principal, batch_id, keys).await;
+            // A probe is a trial like any request: its outcome feeds the endpoint's breaker.
+            self.record(
+                endpoint,
+                &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+            );
+            for (key, rows) in outcome? {
+                *found.entry(key).or_default() += rows;
+            }
+        }
+        Ok(found)
+    }
+
+    fn shard_map(&self) -> super::ShardMap {
+        self.shard_map.clone()
     }
 }
 

@@ -7,11 +7,14 @@
 
 mod breaker;
 pub mod clickhouse;
+pub mod shard;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+pub use shard::ShardMap;
 
 /// Where one table's inserts go, and what they contain.
 #[derive(Debug)]
@@ -60,6 +63,8 @@ pub struct InsertRequest {
     pub rows: usize,
     /// Unique id of this insert, sent as ClickHouse `query_id`.
     pub insert_id: Arc<str>,
+    /// The shard whose local table takes the rows (index into [`Sink::shard_map`]).
+    pub shard: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -94,11 +99,18 @@ impl SinkError {
 
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
+    /// Delivers one insert to the shard it names.
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError>;
+
+    /// The shards inserts go to, by batch (one shard unless the sink writes to a cluster).
+    fn shard_map(&self) -> ShardMap {
+        ShardMap::single()
+    }
 
     /// Rows already stored per batch (see [`TableTarget::batch_key_columns`]; empty when the
     /// table has no such columns): how an insert whose outcome is unknown, and spool replay
-    /// after a crash, find batches that ClickHouse already has.
+    /// after a crash, find batches that ClickHouse already has. On a cluster: summed over every
+    /// shard, so that a batch routed elsewhere before (another shard count) is found too.
     async fn stored_rows(
         &self,
         target: &TableTarget,

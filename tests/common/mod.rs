@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod local_clickhouse;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
