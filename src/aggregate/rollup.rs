@@ -82,15 +82,11 @@ impl MeasureState {
             (MeasureState::SumU(a), MeasureState::SumU(b)) => *a = a.wrapping_add(b),
             (MeasureState::SumI(a), MeasureState::SumI(b)) => *a = a.wrapping_add(b),
             (MeasureState::SumF(a), MeasureState::SumF(b)) => *a += b,
-            (MeasureState::Min(a), MeasureState::Min(Some(b))) => {
-                if a.is_none_or(|a| b.less(a)) {
-                    *a = Some(b);
-                }
+            (MeasureState::Min(a), MeasureState::Min(Some(b))) if a.is_none_or(|a| b.less(a)) => {
+                *a = Some(b);
             }
-            (MeasureState::Max(a), MeasureState::Max(Some(b))) => {
-                if a.is_none_or(|a| a.less(b)) {
-                    *a = Some(b);
-                }
+            (MeasureState::Max(a), MeasureState::Max(Some(b))) if a.is_none_or(|a| a.less(b)) => {
+                *a = Some(b);
             }
             (MeasureState::DistinctStr(a), MeasureState::DistinctStr(b)) => a.extend(b),
             (MeasureState::DistinctInt(a), MeasureState::DistinctInt(b)) => a.extend(b),

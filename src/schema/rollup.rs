@@ -505,7 +505,8 @@ impl QuantileBins {
     /// values get the negated index of their magnitude, offset so that they sort below zero).
     pub fn index(&self, value: f64) -> i32 {
         let magnitude = value.abs();
-        if !(magnitude >= 1e-9) || !magnitude.is_finite() {
+        // NaN fails both tests and lands in the zero bin.
+        if magnitude.is_nan() || magnitude < 1e-9 || !magnitude.is_finite() {
             return 0;
         }
         // Positive bins start at 2^20 so that every index fits and sorts with its value.
