@@ -5,6 +5,8 @@
 //! accumulator keeps raw rows and decides when to flush: on rows, bytes or the age of the oldest
 //! row, whichever comes first. Rollups declared in schemas fold in here as well.
 
+pub mod rollup;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

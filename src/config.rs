@@ -325,6 +325,9 @@ pub struct BatchConfig {
     /// Validated requests queued per table before new requests are answered 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
+    /// How long rollup groups fold before their partial rows are written, in milliseconds;
+    /// default `max_age_ms`. Longer means fewer partial rows, and spool records held longer.
+    pub rollup_max_age_ms: Option<u64>,
 }
 
 impl Default for BatchConfig {
@@ -334,6 +337,7 @@ impl Default for BatchConfig {
             max_bytes: default_batch_bytes(),
             max_age_ms: default_batch_age_ms(),
             queue_depth: default_queue_depth(),
+            rollup_max_age_ms: None,
         }
     }
 }
@@ -404,6 +408,28 @@ pub struct StreamConfig {
     pub delimited_fields: Option<Vec<String>>,
     /// Overrides the schema's `input.unknown_fields`: `ignore`, `keep` or `reject`.
     pub unknown_fields: Option<UnknownFields>,
+    /// What is stored of accepted rows when the schema declares rollups: `both` (raw rows and
+    /// rollups), `raw` (raw rows only, rollups off), `rollups` (rollups only).
+    #[serde(default)]
+    pub mode: StreamMode,
+    /// Fraction of accepted rows kept in the raw table (0–1), chosen by a hash of the batch id
+    /// and the row's position, so a replay keeps the same rows. Rollups see every row.
+    #[serde(default = "default_raw_sample")]
+    pub raw_sample: f64,
+}
+
+/// What is stored of a stream's accepted rows.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamMode {
+    #[default]
+    Both,
+    Raw,
+    Rollups,
+}
+
+fn default_raw_sample() -> f64 {
+    1.0
 }
 
 fn default_schemas_dir() -> PathBuf {
@@ -555,6 +581,10 @@ impl Config {
             ("batch.max_age_ms", self.batch.max_age_ms),
             ("batch.queue_depth", self.batch.queue_depth as u64),
             (
+                "batch.rollup_max_age_ms",
+                self.batch.rollup_max_age_ms.unwrap_or(1),
+            ),
+            (
                 "clickhouse.insert_timeout_secs",
                 self.clickhouse.insert_timeout_secs,
             ),
@@ -571,6 +601,14 @@ impl Config {
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        for stream in &self.streams {
+            if !(0.0..=1.0).contains(&stream.raw_sample) {
+                return Err(format!(
+                    "streams ({}).raw_sample: must be between 0 and 1",
+                    stream.name
+                ));
             }
         }
         if self.limits.max_decompressed_bytes < self.limits.max_body_bytes {

@@ -21,10 +21,11 @@ use bytes::Bytes;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::aggregate::rollup::RollupState;
 use crate::aggregate::{Accumulator, Delivery, FlushLimits, Pending, Receipt, Submission};
-use crate::config::Config;
+use crate::config::{Config, StreamMode};
 use crate::encode::{self, Compression};
-use crate::schema::{ContextField, Schema, SchemaSet};
+use crate::schema::{ChType, ContextField, Schema, SchemaSet};
 use crate::sink::{BatchKey, InsertRequest, ShardMap, Sink, SinkError, TableTarget};
 use crate::spool::{RecordId, Spool};
 use crate::status::Status;
@@ -37,6 +38,12 @@ pub struct StreamVersion {
     pub raw: Lane,
     /// Rejected rows, to the quarantine table.
     pub quarantine: Lane,
+    /// Accepted rows, to each rollup's accumulator (none when the stream's mode is `raw`).
+    pub rollups: Vec<Lane>,
+    /// Whether raw rows are stored (mode `both` or `raw`).
+    pub keep_raw: bool,
+    /// Fraction of accepted rows kept in the raw table.
+    pub raw_sample: f64,
     /// Places in the accumulators' queues (`batch.queue_depth`).
     capacity: Arc<Semaphore>,
     queue_depth: usize,
@@ -280,12 +287,32 @@ impl Pipeline {
             });
             let (raw_thread, raw) = lane(schema, &compiled.arrow_schema, Some(fallback))?;
             accumulators.extend([raw_thread, quarantine_thread]);
+            let mode = stream_config.map(|s| s.mode).unwrap_or_default();
+            let raw_sample = stream_config.map_or(1.0, |s| s.raw_sample);
+            let mut rollups = Vec::new();
+            if mode != StreamMode::Raw {
+                for index in 0..schema.rollups.len() {
+                    let (thread, lane) = start_rollup(
+                        schema,
+                        index,
+                        config,
+                        &insert_tx,
+                        delivery,
+                        shard_map.clone(),
+                    )?;
+                    accumulators.push(thread);
+                    rollups.push(lane);
+                }
+            }
             streams.entry(schema.stream.clone()).or_default().insert(
                 schema.version,
                 StreamVersion {
                     compiled,
                     raw,
                     quarantine,
+                    rollups,
+                    keep_raw: mode != StreamMode::Rollups || schema.rollups.is_empty(),
+                    raw_sample,
                     capacity: Arc::new(Semaphore::new(config.batch.queue_depth)),
                     queue_depth: config.batch.queue_depth,
                     memory: memory.clone(),
@@ -383,9 +410,28 @@ impl StreamVersion {
             .clamp(1, self.memory_total_kib as usize) as u32
     }
 
+    /// The accepted rows that go to the raw table: none in mode `rollups`, a deterministic
+    /// sample (by batch id and row position, so a replay keeps the same rows) with `raw_sample`.
+    pub fn raw_rows(&self, accepted: &RecordBatch, batch_id: &str) -> RecordBatch {
+        if !self.keep_raw {
+            return accepted.slice(0, 0);
+        }
+        if self.raw_sample >= 1.0 {
+            return accepted.clone();
+        }
+        let seed = fnv1a(batch_id.as_bytes());
+        let threshold = (self.raw_sample * (1u64 << 53) as f64) as u64;
+        let mask: arrow_array::BooleanArray = (0..accepted.num_rows() as u64)
+            .map(|row| Some(splitmix64(seed ^ row) >> 11 < threshold))
+            .collect();
+        arrow_select::filter::filter_record_batch(accepted, &mask)
+            .expect("a mask of the batch's length")
+    }
+
     /// Queues a request's accepted rows and rejected rows (each may be empty) in a reserved
-    /// place. With a spool record, it is confirmed once both are delivered; `done` hears the
-    /// outcome.
+    /// place: the accepted rows to the raw table (see [`StreamVersion::raw_rows`]) and to every
+    /// rollup. With a spool record, it is confirmed once every part is delivered; `done` hears
+    /// the outcome.
     #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &self,
@@ -396,11 +442,34 @@ impl StreamVersion {
         spool_id: Option<RecordId>,
         done: Option<oneshot::Sender<Delivery>>,
     ) -> Result<(), SubmitError> {
-        let parts: Vec<(&Lane, RecordBatch)> =
-            [(&self.raw, accepted), (&self.quarantine, rejected)]
-                .into_iter()
-                .filter(|(_, batch)| batch.num_rows() > 0)
-                .collect();
+        let raw = self.raw_rows(&accepted, &context.batch_id);
+        let rollups = vec![Some(accepted); self.rollups.len()];
+        self.submit_parts(raw, rejected, rollups, reservation, context, spool_id, done)
+    }
+
+    /// Queues each part that has rows: raw rows, rejected rows, and for each rollup (in schema
+    /// order) the rows to fold, or None when that rollup already has them (spool replay).
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_parts(
+        &self,
+        raw: RecordBatch,
+        rejected: RecordBatch,
+        rollups: Vec<Option<RecordBatch>>,
+        reservation: Reservation,
+        context: Arc<RequestContext>,
+        spool_id: Option<RecordId>,
+        done: Option<oneshot::Sender<Delivery>>,
+    ) -> Result<(), SubmitError> {
+        let parts: Vec<(&Lane, RecordBatch)> = [(&self.raw, raw), (&self.quarantine, rejected)]
+            .into_iter()
+            .chain(
+                self.rollups
+                    .iter()
+                    .zip(rollups)
+                    .filter_map(|(lane, batch)| batch.map(|batch| (lane, batch))),
+            )
+            .filter(|(_, batch)| batch.num_rows() > 0)
+            .collect();
         let receipt = Receipt::new(parts.len(), Some(context), spool_id, done);
         if parts.is_empty() {
             receipt.part_delivered(&Ok(Arc::from("")));
@@ -419,6 +488,224 @@ impl StreamVersion {
                 .map_err(|_| SubmitError::ShuttingDown)?;
         }
         Ok(())
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash of a batch id (the same in every build and on every node).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finalizer: spreads a seed over 64 bits.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Starts the accumulator thread of one rollup of a schema.
+fn start_rollup(
+    schema: &Arc<Schema>,
+    index: usize,
+    config: &Config,
+    inserts: &mpsc::Sender<EncodedInsert>,
+    delivery: DeliveryOptions,
+    shard_map: ShardMap,
+) -> anyhow::Result<(JoinHandle<()>, Lane)> {
+    let rollup = &schema.rollups[index];
+    let columns = rollup.input_columns();
+    let target = Arc::new(
+        TableTarget::new(
+            &config.clickhouse.database,
+            &rollup.input_table(),
+            columns.iter().map(|(name, _)| name.as_str()),
+            None,
+        )
+        .with_probe(&rollup.flushes_table(), "sum(rows)"),
+    );
+    let (submissions, receiver) = crossbeam_channel::unbounded();
+    let max_age_ms = config
+        .batch
+        .rollup_max_age_ms
+        .unwrap_or(config.batch.max_age_ms);
+    let worker = RollupThread {
+        state: RollupState::new(rollup.clone()),
+        columns,
+        target: target.clone(),
+        receiver,
+        inserts: inserts.clone(),
+        delivery,
+        max_rows: config.batch.max_rows,
+        max_age: Duration::from_millis(max_age_ms),
+        oldest: None,
+        receipts: Vec::new(),
+        memory: Vec::new(),
+        shard_map,
+    };
+    let name = format!("rollup-{}", rollup.name);
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || worker.run())?;
+    Ok((
+        handle,
+        Lane {
+            target,
+            submissions,
+        },
+    ))
+}
+
+/// Folds a rollup's rows as they arrive and writes its partial rows at every flush: when
+/// `batch.max_rows` partial rows are pending or the oldest contribution is
+/// `batch.rollup_max_age_ms` old. The requests whose rows a flush carries are delivered (and
+/// their spool records confirmed) when its insert is.
+struct RollupThread {
+    state: RollupState,
+    columns: Vec<(String, ChType)>,
+    target: Arc<TableTarget>,
+    receiver: crossbeam_channel::Receiver<Submission>,
+    inserts: mpsc::Sender<EncodedInsert>,
+    delivery: DeliveryOptions,
+    max_rows: usize,
+    max_age: Duration,
+    oldest: Option<Instant>,
+    /// The requests folded since the last flush, with the rows each contributed.
+    receipts: Vec<(Arc<Receipt>, u64)>,
+    memory: Vec<OwnedSemaphorePermit>,
+    /// Partial rows may land on any shard (queries merge the states across shards, and the
+    /// flush log sits beside them): each flush goes to the shard its insert id hashes to.
+    shard_map: ShardMap,
+}
+
+impl RollupThread {
+    fn run(mut self) {
+        loop {
+            let received = match self.oldest {
+                Some(oldest) => self.receiver.recv_deadline(oldest + self.max_age),
+                None => self
+                    .receiver
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(submission) => {
+                    let Submission {
+                        batch,
+                        receipt,
+                        permit,
+                        memory,
+                    } = submission;
+                    drop(permit);
+                    self.memory.extend(memory);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    self.state.fold(&batch, now);
+                    self.receipts.push((receipt, batch.num_rows() as u64));
+                    self.oldest.get_or_insert_with(Instant::now);
+                    if self.state.rows() >= self.max_rows {
+                        self.flush();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.flush(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.oldest = None;
+        let receipts = std::mem::take(&mut self.receipts);
+        let memory = std::mem::take(&mut self.memory);
+        if receipts.is_empty() {
+            return;
+        }
+        let rollup = self.state.rollup().name.clone();
+        let stats = std::mem::take(&mut self.state.stats);
+        metrics::counter!("sluice_rollup_folded_rows_total", "rollup" => rollup.clone())
+            .increment(stats.rows);
+        metrics::counter!("sluice_rollup_late_rows_total", "rollup" => rollup.clone())
+            .increment(stats.late_rows);
+        metrics::counter!("sluice_rollup_overflow_rows_total", "rollup" => rollup.clone())
+            .increment(stats.overflow_rows);
+        metrics::counter!("sluice_rollup_early_emits_total", "rollup" => rollup.clone())
+            .increment(stats.early_emits);
+        let rows = self.state.take();
+        let mut contributions: Vec<(String, String, u64)> = Vec::new();
+        let mut expected: HashMap<BatchKey, u64> = HashMap::new();
+        for (receipt, count) in &receipts {
+            if let Some(key) = receipt.key() {
+                *expected.entry(key).or_default() += count;
+            }
+        }
+        for ((principal, batch_id), count) in &expected {
+            contributions.push((principal.clone(), batch_id.clone(), *count));
+        }
+        let insert_id: Arc<str> = Arc::from(format!("sluice-{}", uuid::Uuid::new_v4()));
+        let batch = self.state.to_batch(&rows, &insert_id, &contributions);
+        let empty = batch.slice(0, 0);
+        let parts: Vec<(Arc<Receipt>, RecordBatch)> = receipts
+            .into_iter()
+            .map(|(receipt, _)| (receipt, empty.clone()))
+            .collect();
+        let started = Instant::now();
+        let columns: Vec<encode::NativeColumn<'_>> = self
+            .columns
+            .iter()
+            .map(|(name, ch_type)| encode::NativeColumn { name, ch_type })
+            .collect();
+        let mut native = Vec::new();
+        if let Err(err) = encode::write_native_block(&columns, &batch, &mut native) {
+            tracing::error!(rollup = %rollup, error = %err, "encoding failed");
+            let error = SinkError::Permanent {
+                code: 0,
+                message: format!("encoding failed: {err}"),
+            };
+            settle(parts.iter().map(|(r, _)| r), &Err(error), None);
+            return;
+        }
+        let (body, framed) = match self.delivery.compression {
+            Compression::None => (native, false),
+            compression => {
+                let mut framed = Vec::with_capacity(native.len() / 2);
+                encode::write_compressed_frames(
+                    &native,
+                    compression,
+                    self.delivery.zstd_level,
+                    &mut framed,
+                );
+                (framed, true)
+            }
+        };
+        metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
+            .record(started.elapsed().as_secs_f64());
+        let request = InsertRequest {
+            target: self.target.clone(),
+            body: Bytes::from(body),
+            framed,
+            rows: rows.len(),
+            shard: self
+                .shard_map
+                .shard_of(Some(&(rollup.clone(), insert_id.to_string()))),
+            insert_id,
+        };
+        let insert = EncodedInsert {
+            request,
+            memory,
+            parts,
+            fallback: None,
+            expected,
+        };
+        if let Err(err) = self.inserts.blocking_send(insert) {
+            let error = SinkError::Retryable("sluice is shutting down".to_string());
+            settle(err.0.parts.iter().map(|(r, _)| r), &Err(error), None);
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_array::RecordBatch;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -14,8 +15,8 @@ use crate::dedup::DedupStore;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::schema::SchemaSet;
-use crate::sink::Sink;
 use crate::sink::clickhouse::{self as ch, ClickHouseSink};
+use crate::sink::{Sink, SinkError};
 use crate::spool::{RecordId, Recovery, Spool, SpoolRecord};
 use crate::status::Status;
 use crate::validate;
@@ -242,26 +243,38 @@ async fn replay(
             tracing::warn!(%stream, "schema has no principal/batch_id audit columns: replay cannot detect rows stored before a crash");
         }
         let probe = |target| sink.stored_rows(target, &keys);
-        let raw_stored = probe(&version.raw.target)
-            .await
-            .map_err(|err| anyhow::anyhow!("probing ClickHouse before spool replay: {err}"))?;
+        let probe_error =
+            |err: SinkError| anyhow::anyhow!("probing ClickHouse before spool replay: {err}");
+        let raw_stored = if version.keep_raw {
+            probe(&version.raw.target).await.map_err(probe_error)?
+        } else {
+            Default::default()
+        };
         let quarantine_stored = probe(&version.quarantine.target)
             .await
-            .map_err(|err| anyhow::anyhow!("probing ClickHouse before spool replay: {err}"))?;
+            .map_err(probe_error)?;
+        // Each rollup's flush log: rows of each batch already folded into a stored flush.
+        let mut rollups_stored = Vec::new();
+        for lane in &version.rollups {
+            rollups_stored.push(probe(&lane.target).await.map_err(probe_error)?);
+        }
         for (id, record) in records {
             let key = key_of(&record);
+            let accepted = u64::from(record.accepted_rows);
             let raw_found = raw_stored.get(&key).copied().unwrap_or(0);
             let quarantine_found = quarantine_stored.get(&key).copied().unwrap_or(0);
-            let raw_done = raw_found >= u64::from(record.accepted_rows);
+            // With sampling the raw rows to expect are known only after validation.
+            let raw_done_early =
+                !version.keep_raw || (version.raw_sample >= 1.0 && raw_found >= accepted);
             let quarantine_done = quarantine_found >= u64::from(record.rejected_rows);
-            if raw_done && quarantine_done {
+            let rollups_done: Vec<bool> = rollups_stored
+                .iter()
+                .map(|stored| stored.get(&key).copied().unwrap_or(0) >= accepted)
+                .collect();
+            if raw_done_early && quarantine_done && rollups_done.iter().all(|done| *done) {
                 spool.confirm(&[id]);
                 already_stored += 1;
                 continue;
-            }
-            if (raw_found > 0 && !raw_done) || (quarantine_found > 0 && !quarantine_done) {
-                tracing::error!(principal = %key.0, batch_id = %key.1, raw_found, quarantine_found, accepted = record.accepted_rows,
-                    "clickhouse holds part of a spooled batch; replaying the part whole (some rows will be doubled)");
             }
             let encoding = crate::decode::content_encoding(record.content_encoding.as_deref())?;
             let context = Arc::new(record.context.clone());
@@ -284,21 +297,31 @@ async fn replay(
                 continue;
             };
             // Only the parts ClickHouse does not have yet.
-            let raw = if raw_done {
-                validated.batch.slice(0, 0)
-            } else {
-                validated.batch
-            };
+            let raw = version.raw_rows(&validated.batch, &context.batch_id);
+            let raw_done = raw_found >= raw.num_rows() as u64;
+            if (raw_found > 0 && !raw_done) || (quarantine_found > 0 && !quarantine_done) {
+                tracing::error!(principal = %key.0, batch_id = %key.1, raw_found, quarantine_found, accepted = record.accepted_rows,
+                    "clickhouse holds part of a spooled batch; replaying the part whole (some rows will be doubled)");
+            }
+            let raw = if raw_done { raw.slice(0, 0) } else { raw };
             let quarantine = if quarantine_done {
                 validated.quarantine.slice(0, 0)
             } else {
                 validated.quarantine
             };
+            let rollups: Vec<Option<RecordBatch>> = rollups_done
+                .iter()
+                .map(|done| (!done).then(|| validated.batch.clone()))
+                .collect();
             let permit = version
-                .reserve_waiting(raw.get_array_memory_size() + quarantine.get_array_memory_size())
+                .reserve_waiting(
+                    raw.get_array_memory_size()
+                        + quarantine.get_array_memory_size()
+                        + validated.batch.get_array_memory_size(),
+                )
                 .await;
             version
-                .submit(raw, quarantine, permit, context, Some(id), None)
+                .submit_parts(raw, quarantine, rollups, permit, context, Some(id), None)
                 .map_err(|err| anyhow::anyhow!("spool replay: {err}"))?;
             replayed += 1;
         }

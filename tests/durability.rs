@@ -311,6 +311,29 @@ async fn sigkill_mid_load_loses_and_doubles_nothing() {
         ledger.statuses
     );
     assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    // The rollup counts every stored row once: replay refolds only batches that no stored
+    // flush counted (edge_access_1m_flushes).
+    let db = &clickhouse.database;
+    let raw = clickhouse.count("edge_access").await;
+    let started = Instant::now();
+    let rolled_up = loop {
+        let answer = clickhouse
+            .query(&format!(
+                "SELECT sumMerge(requests) FROM {db}.edge_access_1m"
+            ))
+            .await;
+        let rolled_up: u64 = answer.trim().parse().unwrap_or(0);
+        if rolled_up >= raw || started.elapsed() > Duration::from_secs(60) {
+            break rolled_up;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        rolled_up,
+        raw,
+        "rollup requests vs raw rows\n{}",
+        sluice.log()
+    );
     // Once everything is confirmed, the spool shrinks to its active segment.
     let started = Instant::now();
     while sluice.spool_bytes() > 262_144 + 65_536 && started.elapsed() < Duration::from_secs(10) {

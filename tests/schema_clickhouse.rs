@@ -58,8 +58,8 @@ async fn printed_ddl_runs_on_the_server_and_creates_both_tables() {
         }
     }
     assert_eq!(
-        statements, 5,
-        "database + two tables + their quarantine tables:\n{script}"
+        statements, 9,
+        "database + two tables + their quarantine tables + edge_access_1m's four:\n{script}"
     );
     let tables = clickhouse
         .rows(&format!(
@@ -70,7 +70,12 @@ async fn printed_ddl_runs_on_the_server_and_creates_both_tables() {
     assert_eq!(
         tables,
         [
+            serde_json::json!({"name": ".inner.edge_access_1m", "engine": "AggregatingMergeTree"}),
             serde_json::json!({"name": "edge_access", "engine": "MergeTree"}),
+            serde_json::json!({"name": "edge_access_1m", "engine": "MaterializedView"}),
+            serde_json::json!({"name": "edge_access_1m_flushes", "engine": "MergeTree"}),
+            serde_json::json!({"name": "edge_access_1m_flushes_mv", "engine": "MaterializedView"}),
+            serde_json::json!({"name": "edge_access_1m_input", "engine": "Null"}),
             serde_json::json!({"name": "edge_access_quarantine", "engine": "MergeTree"}),
             serde_json::json!({"name": "edge_events", "engine": "MergeTree"}),
             serde_json::json!({"name": "edge_events_quarantine", "engine": "MergeTree"}),

@@ -16,6 +16,7 @@
 //! | UUID | FixedSizeBinary(16), RFC 4122 byte order | n × (UInt64 of bytes 0–7 read big-endian, UInt64 of bytes 8–15 read big-endian), each written little-endian |
 //! | Nullable(T) | T with validity | n null-map bytes (1 = NULL), then T's data (whatever the buffer holds under a NULL) |
 //! | Array(String) | List(Utf8), i32 offsets, items without nulls | n × UInt64 end offsets counted from this block's first item, then the items as strings |
+//! | Array(T), T fixed-width | List(T), items without nulls | n × UInt64 end offsets as above, then the items' fixed-width values |
 //! | LowCardinality(String) | Utf8 | UInt64 1 (key version), UInt64 flags 0x600 \| index width, UInt64 key count, keys as strings (`""`, the default, first), UInt64 n, n indexes |
 //! | LowCardinality(Nullable(String)) | Utf8 with validity | as above, but the keys start with the NULL slot (written `""`) then the default `""`; index 0 is NULL |
 //!
@@ -200,7 +201,10 @@ fn arrow_type_fits(value_type: &ChType, data_type: &DataType) -> bool {
         | (ChType::Float32, DataType::Float32)
         | (ChType::Float64, DataType::Float64) => true,
         (ChType::Array(item), DataType::List(field)) => {
-            **item == ChType::String && *field.data_type() == DataType::Utf8
+            !matches!(
+                **item,
+                ChType::Array(_) | ChType::Nullable(_) | ChType::LowCardinality(_)
+            ) && arrow_type_fits(item, field.data_type())
         }
         _ => false,
     }
@@ -230,7 +234,19 @@ fn write_column_data<'a>(
         // Arrow keeps a sliced FixedSizeBinary buffer cut to exactly `len × width` bytes.
         ChType::FixedString(_) => out.extend_from_slice(array.as_fixed_size_binary().value_data()),
         ChType::UUID => write_uuids(array.as_fixed_size_binary().value_data(), out),
-        ChType::Array(_) => write_string_lists(array, out),
+        ChType::Array(item) if **item == ChType::String => write_string_lists(array, out),
+        ChType::Array(item) => {
+            let list = array.as_list::<i32>();
+            let offsets = list.value_offsets();
+            let first = offsets[0];
+            let last = offsets[offsets.len() - 1];
+            out.reserve((offsets.len() - 1) * 8);
+            for &end in &offsets[1..] {
+                out.extend_from_slice(&((end - first) as u64).to_le_bytes());
+            }
+            let items = list.values().slice(first as usize, (last - first) as usize);
+            write_column_data(column, item, items.as_ref(), &mut Scratch::default(), out)?;
+        }
         ChType::Enum8(variants) => {
             check_enum_codes(column, variants, array)?;
             write_primitive::<Int8Type>(array, out);

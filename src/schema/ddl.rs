@@ -7,6 +7,7 @@
 use std::fmt::{self, Write as _};
 
 use super::Schema;
+use super::rollup::Rollup;
 
 /// A ClickHouse server version as `SELECT version()` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,8 +123,77 @@ pub fn statements<'a>(
             database,
             server,
         ));
+        for rollup in &schema.rollups {
+            out.extend(rollup_statements(rollup, database, server));
+        }
     }
     out
+}
+
+/// The tables of one rollup: the `Null`-engine input table sluice inserts partial rows into, the
+/// AggregatingMergeTree rollup table (a materialized view over the input, so the server picks
+/// the exact aggregate-state types of its version), and the flush log with its view.
+pub fn rollup_statements(rollup: &Rollup, database: &str, server: ServerVersion) -> Vec<Statement> {
+    let columns = rollup.input_columns();
+    let settings = if server.low_cardinality_is_experimental()
+        && columns.iter().any(|(_, t)| t.uses_low_cardinality())
+    {
+        vec![("allow_experimental_low_cardinality_type", "1")]
+    } else {
+        Vec::new()
+    };
+    let input = rollup.input_table();
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {database}.{input}\n(\n");
+    let column_lines: Vec<String> = columns
+        .iter()
+        .map(|(name, ty)| format!("    `{name}` {ty}"))
+        .collect();
+    sql.push_str(&column_lines.join(",\n"));
+    sql.push_str("\n)\nENGINE = Null");
+    let create_input = Statement {
+        sql,
+        settings: settings.clone(),
+    };
+
+    let group = rollup
+        .group_columns()
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{}\nENGINE = AggregatingMergeTree()\nPARTITION BY {}\nORDER BY ({group})",
+        rollup.name, rollup.partition_by
+    );
+    if let Some(ttl) = rollup.ttl.as_ref().filter(|_| server.supports_ttl()) {
+        let _ = write!(sql, "\nTTL {ttl}");
+    }
+    let states: Vec<String> = rollup
+        .measures
+        .iter()
+        .map(|m| format!("{} AS `{}`", m.state_expression(), m.name))
+        .collect();
+    let _ = write!(
+        sql,
+        "\nAS SELECT {group}, {}\nFROM {database}.{input}\nGROUP BY {group}",
+        states.join(", ")
+    );
+    let create_rollup = Statement { sql, settings };
+
+    let flushes = rollup.flushes_table();
+    let create_flushes = Statement {
+        sql: format!(
+            "CREATE TABLE IF NOT EXISTS {database}.{flushes}\n(\n    `flush_id` String,\n    `principal` String,\n    `batch_id` String,\n    `rows` UInt64,\n    `stored_at` DateTime DEFAULT now()\n)\nENGINE = MergeTree()\nPARTITION BY toYYYYMM(stored_at)\nORDER BY (principal, batch_id)"
+        ),
+        settings: Vec::new(),
+    };
+    let log_view = Statement {
+        sql: format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{flushes}_mv TO {database}.{flushes}\nAS SELECT `_flush_id` AS flush_id, principal, batch_id, rows, now() AS stored_at\nFROM {database}.{input}\nARRAY JOIN `_principals` AS principal, `_batch_ids` AS batch_id, `_rows` AS rows"
+        ),
+        settings: Vec::new(),
+    };
+    vec![create_input, create_rollup, create_flushes, log_view]
 }
 
 /// The statements as a script for `clickhouse-client --multiquery`.

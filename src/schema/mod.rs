@@ -8,6 +8,7 @@
 pub mod ddl;
 pub mod quarantine;
 pub mod roles;
+pub mod rollup;
 pub mod types;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,6 +34,9 @@ pub struct SchemaFile {
     #[serde(default)]
     pub input: InputSpec,
     pub columns: Vec<ColumnSpec>,
+    /// Pre-aggregated tables fed from the stream's accepted rows.
+    #[serde(default)]
+    pub rollups: Vec<rollup::RollupSpec>,
 }
 
 /// The ClickHouse table a stream lands in. The database comes from the sluice config.
@@ -172,6 +176,8 @@ pub struct Schema {
     pub table: TableSpec,
     pub input: InputSpec,
     pub columns: Vec<Column>,
+    /// Checked rollups, in file order.
+    pub rollups: Vec<Arc<rollup::Rollup>>,
     /// Where the schema came from, for messages.
     pub source: PathBuf,
 }
@@ -311,6 +317,17 @@ impl Schema {
                 return Err(invalid(format!("table.order_by: unknown column {key:?}")));
             }
         }
+        let mut rollups: Vec<Arc<rollup::Rollup>> = Vec::new();
+        for (index, spec) in file.rollups.into_iter().enumerate() {
+            let checked = rollup::Rollup::check(index, spec, &columns).map_err(invalid)?;
+            if checked.name == file.table.name || rollups.iter().any(|r| r.name == checked.name) {
+                return Err(invalid(format!(
+                    "rollups[{index}] ({}).name: already names a table",
+                    checked.name
+                )));
+            }
+            rollups.push(Arc::new(checked));
+        }
         Ok(Schema {
             stream: file.stream,
             version: file.version,
@@ -318,6 +335,7 @@ impl Schema {
             table: file.table,
             input: file.input,
             columns,
+            rollups,
             source: path.to_path_buf(),
         })
     }

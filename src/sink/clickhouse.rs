@@ -195,9 +195,9 @@ async fn query_stored_rows(
         // 18.16 takes `IN ((…), (…))`, not an array: one placeholder pair per key.
         let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
         let mut query = endpoint.client.query(&format!(
-            "SELECT `{principal}`, `{batch_id}`, count() FROM {}.{} \
+            "SELECT `{principal}`, `{batch_id}`, toUInt64({}) FROM {}.{} \
              WHERE (`{principal}`, `{batch_id}`) IN ({placeholders}) GROUP BY `{principal}`, `{batch_id}`",
-            target.database, target.table
+            target.probe_rows, target.database, target.probe_table
         ));
         for (p, b) in chunk {
             query = query.bind(p.as_str()).bind(b.as_str());

@@ -27,6 +27,10 @@ pub struct TableTarget {
     /// stored batch (a principal's batch id is unique within the dedup window), so sluice can
     /// ask ClickHouse whether an insert of unknown outcome, or a spooled batch, is already in.
     pub batch_key_columns: Option<(String, String)>,
+    /// Where stored rows are counted per batch key, and how: the table itself with `count()`,
+    /// or a rollup's flush log with `sum(rows)`.
+    pub probe_table: String,
+    pub probe_rows: String,
 }
 
 impl TableTarget {
@@ -45,7 +49,17 @@ impl TableTarget {
                 columns.join(", ")
             ),
             batch_key_columns,
+            probe_table: table.to_string(),
+            probe_rows: "count()".to_string(),
         }
+    }
+
+    /// Counts stored rows in `table` (keyed by `principal` and `batch_id`) as `rows_expression`.
+    pub fn with_probe(mut self, table: &str, rows_expression: &str) -> Self {
+        self.batch_key_columns = Some(("principal".to_string(), "batch_id".to_string()));
+        self.probe_table = table.to_string();
+        self.probe_rows = rows_expression.to_string();
+        self
     }
 }
 
