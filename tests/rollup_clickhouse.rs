@@ -31,11 +31,11 @@ fn day_of_traffic() -> Vec<Vec<u8>> {
 }
 
 /// The rollup's groups, as the README's analyst query reads them.
-const GROUPS: &str = "bucket, host, status_class, cache_status, country, path_prefix";
+const GROUPS: &str = "bucket, host, status_class, cache_status, country";
 
 fn rollup_query(database: &str) -> String {
     format!(
-        "SELECT toUInt32(time) AS bucket, host, status_class, cache_status, country, path_prefix, sumMerge(requests) AS requests, sumMerge(bytes) AS bytes, \
+        "SELECT toUInt32(time) AS bucket, host, status_class, cache_status, country, sumMerge(requests) AS requests, sumMerge(bytes) AS bytes, \
              ifNull(minMerge(ttfb_min), 0) AS ttfb_min, ifNull(maxMerge(ttfb_max), 0) AS ttfb_max, \
              uniqCombinedArrayMerge(clients) AS clients, \
              quantilesExactWeightedArrayMerge(0.5, 0.9, 0.99)(ttfb_quantiles) AS ttfb_q \
@@ -47,7 +47,6 @@ fn raw_query(database: &str) -> String {
     format!(
         "SELECT toUInt32(toStartOfMinute(time)) AS bucket, host, toUInt8(intDiv(status, 100)) AS status_class, \
              cache_status, country, \
-             arrayStringConcat(arraySlice(splitByChar('/', splitByChar('?', path)[1]), 1, 2), '/') AS path_prefix, \
              count() AS requests, sum(bytes) AS bytes, ifNull(min(ttfb_ms), 0) AS ttfb_min, \
              ifNull(max(ttfb_ms), 0) AS ttfb_max, uniqCombined(client_ip) AS clients, \
              uniqExact(client_ip) AS clients_exact, \
