@@ -1,8 +1,9 @@
 //! Accept: the ingest listener (HTTPS with client certificates, HTTP/1.1 and HTTP/2) and the
-//! admin listener. Limits on connections, request time and body size are enforced here; bodies
-//! are not parsed here.
+//! admin listener. Limits on connections, time, headers, HTTP/2 streams and body size are
+//! enforced here (see [`conn`] and [`ingest`]); bodies are not parsed here.
 
 pub mod admin;
+pub mod conn;
 pub mod error;
 pub mod ingest;
 pub mod tls;
@@ -32,6 +33,9 @@ pub struct AppState {
     pub dedup: DedupStore,
     /// Places for bodies being decompressed and validated (`limits.max_concurrent_decodes`).
     pub decodes: tokio::sync::Semaphore,
+    /// Bytes of request bodies held in memory (`limits.max_buffered_body_bytes`), one permit
+    /// per byte.
+    pub buffered_bodies: tokio::sync::Semaphore,
 }
 
 /// The ingest router.
@@ -54,23 +58,11 @@ pub async fn serve_ingest(
 ) -> anyhow::Result<()> {
     let config = state.config.clone();
     let router = app(state);
-    match &config.ingest.tls {
-        Some(tls) => {
-            let server_config = tls::server_config(tls)?;
-            tls::serve_tls(
-                listener,
-                server_config,
-                router,
-                config.limits.max_connections,
-                shutdown,
-            )
-            .await;
-        }
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
-    }
+    let limits = conn::ConnectionLimits::from_limits(&config.limits);
+    let tls = match &config.ingest.tls {
+        Some(tls) => Some(tls::server_config(tls)?),
+        None => None,
+    };
+    conn::serve_connections(listener, tls, router, &limits, shutdown).await;
     Ok(())
 }

@@ -630,6 +630,10 @@ pub struct BodyLimits {
     pub max_decompressed_bytes: usize,
     pub max_records: usize,
     pub max_errors: usize,
+    /// Longest record in bytes (see [`decode::DecodeOptions::max_line_bytes`]).
+    pub max_line_bytes: usize,
+    /// Deepest JSON nesting of a record (see [`decode::DecodeOptions::max_nesting_depth`]).
+    pub max_nesting_depth: usize,
 }
 
 /// Decompresses, frames and validates one body: CPU work, run it off the async workers.
@@ -657,6 +661,8 @@ pub fn validate_body(
         delimiter: compiled.delimiter(),
         delimited_fields: &delimited_fields,
         max_records: limits.max_records,
+        max_line_bytes: limits.max_line_bytes,
+        max_nesting_depth: limits.max_nesting_depth,
     };
     let mut builder = compiled.begin(&context, limits.max_errors);
     decode::decode(format, &mut body, &options, &mut builder)?;
