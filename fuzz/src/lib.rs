@@ -21,9 +21,12 @@ use sluice::encode::{native_columns, write_native_block};
 use sluice::schema::Schema;
 use sluice::validate::{self, BodyLimits, CompiledSchema, RequestContext, StreamOptions};
 
+/// What one fuzz target runs on one input.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: what `fuzz/fuzz_targets/<name>.rs` runs and the folder of its seeds
 /// under `fuzz/seeds/` and of its kept crash inputs under `fuzz/regressions/`.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("decode_ndjson", decode_ndjson),
     ("decode_json_array", decode_json_array),
     ("decode_csv", decode_csv),
