@@ -159,6 +159,8 @@ fn trust_per_batch(c: &mut Criterion) {
                 delimiter: compiled.delimiter(),
                 delimited_fields: &fields,
                 max_records: usize::MAX,
+                max_line_bytes: usize::MAX,
+                max_nesting_depth: 64,
             };
             let mut builder = compiled.begin(&context, 100);
             decode::decode(

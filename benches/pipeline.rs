@@ -48,6 +48,8 @@ fn validate(
         delimiter: compiled.delimiter(),
         delimited_fields: &fields,
         max_records: usize::MAX,
+        max_line_bytes: usize::MAX,
+        max_nesting_depth: 64,
     };
     let mut builder = compiled.begin(context, 100);
     decode::decode(format, &mut bytes, &options, &mut builder).unwrap();

@@ -189,6 +189,54 @@ pub struct Limits {
     /// requests wait. Default: twice the CPU count.
     #[serde(default = "default_max_concurrent_decodes")]
     pub max_concurrent_decodes: usize,
+    /// Request bodies held in memory at once across all connections, in bytes (as sent, while
+    /// they are read and until their request is answered). A request that would go past it is
+    /// answered 503 `overloaded`.
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: usize,
+    /// Longest record (NDJSON line, CSV record, delimited line) after decompression, in bytes.
+    /// A longer record is rejected (a row error), the rest of the body is not.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Deepest nesting of JSON arrays and objects (the record object is level 1). A deeper
+    /// record is rejected; a JSON-array body nested deeper cannot be framed (400).
+    #[serde(default = "default_max_nesting_depth")]
+    pub max_nesting_depth: usize,
+    /// Largest request head (request line and headers; HTTP/2: the decoded header list), in
+    /// bytes. Over it: HTTP/1.1 431 and the connection is closed; HTTP/2 the stream is refused.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1.1 request. Over it: 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time a client has from TCP accept to a finished TLS handshake, in seconds; then the
+    /// connection is closed.
+    #[serde(default = "default_tls_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Time a client has to send a complete HTTP/1.1 request head, in seconds, counted from the
+    /// first moment the server waits for it; then the connection is closed.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// Time a client has to send a whole request body once its head is read, in seconds. Over
+    /// it: 408 `body_timeout`.
+    #[serde(default = "default_body_read_timeout_secs")]
+    pub body_read_timeout_secs: u64,
+    /// A connection with no request in progress and no bytes moving for this long is closed, in
+    /// seconds.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Most concurrent requests (streams) on one HTTP/2 connection (advertised in SETTINGS;
+    /// HTTP/1.1 connections carry one at a time).
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may open and reset before they are served (rapid reset,
+    /// CVE-2023-44487); past it the connection is closed with `ENHANCE_YOUR_CALM`.
+    #[serde(default = "default_http2_max_pending_reset_streams")]
+    pub http2_max_pending_reset_streams: usize,
+    /// Streams the server may reset because of client protocol errors on one HTTP/2 connection
+    /// before it closes the connection.
+    #[serde(default = "default_http2_max_local_reset_streams")]
+    pub http2_max_local_reset_streams: usize,
 }
 
 impl Limits {
@@ -197,6 +245,8 @@ impl Limits {
             max_decompressed_bytes: self.max_decompressed_bytes,
             max_records: self.max_rows_per_batch,
             max_errors: self.max_errors_reported,
+            max_line_bytes: self.max_line_bytes,
+            max_nesting_depth: self.max_nesting_depth,
         }
     }
 }
@@ -212,6 +262,18 @@ impl Default for Limits {
             max_errors_reported: default_max_errors_reported(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
             max_concurrent_decodes: default_max_concurrent_decodes(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            max_line_bytes: default_max_line_bytes(),
+            max_nesting_depth: default_max_nesting_depth(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            tls_handshake_timeout_secs: default_tls_handshake_timeout_secs(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
+            body_read_timeout_secs: default_body_read_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            http2_max_pending_reset_streams: default_http2_max_pending_reset_streams(),
+            http2_max_local_reset_streams: default_http2_max_local_reset_streams(),
         }
     }
 }
@@ -462,6 +524,42 @@ fn default_max_in_flight_bytes() -> usize {
 fn default_max_concurrent_decodes() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
+fn default_max_buffered_body_bytes() -> usize {
+    512 << 20
+}
+fn default_max_line_bytes() -> usize {
+    1 << 20
+}
+fn default_max_nesting_depth() -> usize {
+    64
+}
+fn default_max_header_bytes() -> usize {
+    16 << 10
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_tls_handshake_timeout_secs() -> u64 {
+    10
+}
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+fn default_body_read_timeout_secs() -> u64 {
+    30
+}
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    64
+}
+fn default_http2_max_pending_reset_streams() -> usize {
+    20
+}
+fn default_http2_max_local_reset_streams() -> usize {
+    256
+}
 fn default_database() -> String {
     "sluice".to_string()
 }
@@ -576,6 +674,41 @@ impl Config {
                 "limits.request_timeout_secs",
                 self.limits.request_timeout_secs,
             ),
+            (
+                "limits.max_buffered_body_bytes",
+                self.limits.max_buffered_body_bytes as u64,
+            ),
+            ("limits.max_line_bytes", self.limits.max_line_bytes as u64),
+            (
+                "limits.max_nesting_depth",
+                self.limits.max_nesting_depth as u64,
+            ),
+            ("limits.max_headers", self.limits.max_headers as u64),
+            (
+                "limits.tls_handshake_timeout_secs",
+                self.limits.tls_handshake_timeout_secs,
+            ),
+            (
+                "limits.header_read_timeout_secs",
+                self.limits.header_read_timeout_secs,
+            ),
+            (
+                "limits.body_read_timeout_secs",
+                self.limits.body_read_timeout_secs,
+            ),
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            (
+                "limits.http2_max_concurrent_streams",
+                u64::from(self.limits.http2_max_concurrent_streams),
+            ),
+            (
+                "limits.http2_max_pending_reset_streams",
+                self.limits.http2_max_pending_reset_streams as u64,
+            ),
+            (
+                "limits.http2_max_local_reset_streams",
+                self.limits.http2_max_local_reset_streams as u64,
+            ),
             ("batch.max_rows", self.batch.max_rows as u64),
             ("batch.max_bytes", self.batch.max_bytes as u64),
             ("batch.max_age_ms", self.batch.max_age_ms),
@@ -610,6 +743,19 @@ impl Config {
                     stream.name
                 ));
             }
+        }
+        // hyper refuses read buffers under 8 KiB; HTTP/2 header lists are sized in a u32.
+        if !(8 << 10..=1 << 30).contains(&self.limits.max_header_bytes) {
+            return Err("limits.max_header_bytes: must be between 8192 and 1073741824".to_string());
+        }
+        if self.limits.max_nesting_depth > 1024 {
+            return Err("limits.max_nesting_depth: must be at most 1024".to_string());
+        }
+        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes {
+            return Err(
+                "limits.max_buffered_body_bytes: must be at least limits.max_body_bytes"
+                    .to_string(),
+            );
         }
         if self.limits.max_decompressed_bytes < self.limits.max_body_bytes {
             return Err(
@@ -767,6 +913,26 @@ mod tests {
         );
         let err = Config::from_toml(&format!("{MINIMAL}\n[batch]\nmax_rows = 0")).unwrap_err();
         assert_eq!(err.to_string(), "batch.max_rows: must be greater than 0");
+        let err =
+            Config::from_toml(&format!("{MINIMAL}\n[limits]\nidle_timeout_secs = 0")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits.idle_timeout_secs: must be greater than 0"
+        );
+        let err =
+            Config::from_toml(&format!("{MINIMAL}\n[limits]\nmax_header_bytes = 100")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits.max_header_bytes: must be between 8192 and 1073741824"
+        );
+        let err = Config::from_toml(&format!(
+            "{MINIMAL}\n[limits]\nmax_body_bytes = 2000\nmax_buffered_body_bytes = 1000"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits.max_buffered_body_bytes: must be at least limits.max_body_bytes"
+        );
         let err = Config::from_toml(&format!("{MINIMAL}\n[batch]\nmax_rowz = 1")).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `max_rowz`"),

@@ -100,6 +100,10 @@ impl Server {
         };
 
         let max_concurrent_decodes = config.limits.max_concurrent_decodes;
+        let max_buffered_body_bytes = config
+            .limits
+            .max_buffered_body_bytes
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let dedup = DedupStore::open(
             config.spool.as_ref().map(|s| s.dir.as_path()),
             Duration::from_secs(config.dedup.window_secs),
@@ -122,6 +126,7 @@ impl Server {
             spool,
             dedup,
             decodes: tokio::sync::Semaphore::new(max_concurrent_decodes),
+            buffered_bodies: tokio::sync::Semaphore::new(max_buffered_body_bytes),
             status: status.clone(),
         });
         let weak_state = Arc::downgrade(&state);

@@ -243,6 +243,8 @@ fn the_current_engine_merges_partials_to_the_raw_answers() {
             delimiter: compiled.delimiter(),
             delimited_fields: &fields,
             max_records: usize::MAX,
+            max_line_bytes: usize::MAX,
+            max_nesting_depth: 64,
         };
         let mut builder = compiled.begin(&context, 100);
         sluice::decode::decode(

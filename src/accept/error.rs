@@ -50,6 +50,10 @@ pub enum ApiError {
     BadHeader { name: &'static str, reason: String },
     #[error("body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
+    #[error("too many request bodies are being received at once, retry later")]
+    BodyBufferFull,
     #[error("body could not be read: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -94,6 +98,8 @@ impl ApiError {
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::BodyBufferFull => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Decode(err) => match err {
                 DecodeError::UnsupportedEncoding(_) => {
                     (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
@@ -136,11 +142,26 @@ impl ApiError {
         }
     }
 
+    /// The limit that refused the request, for `sluice_limit_refusals_total{limit}`.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BodyTooLarge { .. } => Some("body_bytes"),
+            ApiError::BodyTimeout { .. } => Some("body_timeout"),
+            ApiError::BodyBufferFull => Some("buffered_body_bytes"),
+            ApiError::Decode(DecodeError::DecompressedTooLarge { .. }) => {
+                Some("decompressed_bytes")
+            }
+            ApiError::Decode(DecodeError::TooManyRecords { .. }) => Some("records"),
+            ApiError::Overloaded => Some("in_flight"),
+            _ => None,
+        }
+    }
+
     /// Seconds a sender should wait before retrying, for 429s and 503s.
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { refusal, .. } => refusal.retry_after_secs,
-            ApiError::Overloaded => Some(1),
+            ApiError::Overloaded | ApiError::BodyBufferFull => Some(1),
             ApiError::Unavailable | ApiError::ShuttingDown | ApiError::SpoolFull => Some(5),
             _ => None,
         }

@@ -2,7 +2,7 @@
 //! off the async workers, hand the rows to the pipeline, and answer once they are delivered.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow_array::RecordBatch;
 use axum::Json;
@@ -10,7 +10,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use super::AppState;
@@ -126,6 +129,9 @@ pub async fn ingest(
             Json(accepted).into_response()
         }
         Err(error) => {
+            if let Some(limit) = error.limit() {
+                super::conn::count_refusal(limit);
+            }
             if let Some(reason) = error.auth_failure_reason() {
                 metrics::counter!("sluice_auth_failures_total", "reason" => reason).increment(1);
             }
@@ -247,48 +253,30 @@ async fn handle(
             .collect::<Vec<_>>()
             .join(", "),
     })?;
+    let IngestHeaders {
+        batch_id: sender_batch_id,
+        encoding,
+        content_type,
+        declared_rows,
+    } = ingest_headers(headers)?;
     // Only a sender's own batch id can be retried; generated ones are never deduplicated.
-    let sender_batch_id = header_value(headers, BATCH_ID_HEADER).is_some();
-    let batch_id = match header_value(headers, BATCH_ID_HEADER) {
-        Some(id) if valid_id(id) => id.to_string(),
-        Some(_) => {
-            return Err(ApiError::BadHeader {
-                name: BATCH_ID_HEADER,
-                reason: "must be 1 to 128 printable ASCII characters".to_string(),
-            });
-        }
-        None => uuid::Uuid::new_v4().to_string(),
-    };
-    let encoding =
-        decode::content_encoding(header_value(headers, header::CONTENT_ENCODING.as_str()))?;
-    let content_type = header_value(headers, header::CONTENT_TYPE.as_str()).map(str::to_string);
-
-    let declared_rows = match header_value(headers, auth::ROW_COUNT_HEADER) {
-        None => None,
-        Some(text) => Some(
-            text.trim()
-                .parse::<u64>()
-                .map_err(|_| ApiError::BadHeader {
-                    name: auth::ROW_COUNT_HEADER,
-                    reason: "must be a whole number".to_string(),
-                })?,
-        ),
-    };
+    let batch_id = sender_batch_id
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let content_type = content_type.map(str::to_string);
     let limit = principal
         .config
         .max_batch_bytes
         .map_or(config.limits.max_body_bytes, |max| {
             max.min(config.limits.max_body_bytes)
         });
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
-        if std::error::Error::source(&err)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
-        {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::BodyRead(err.to_string())
-        }
-    })?;
+    let (bytes, _buffered) = read_body(
+        body,
+        limit,
+        &state.buffered_bodies,
+        Duration::from_secs(config.limits.body_read_timeout_secs),
+    )
+    .await?;
     metrics::counter!("sluice_request_bytes_total", "stream" => stream.to_string(),
         "principal" => principal.name().to_string())
     .increment(bytes.len() as u64);
@@ -302,7 +290,6 @@ async fn handle(
                 .await
                 .map_err(|_| ApiError::Internal)?
         };
-        let sender_batch_id = header_value(headers, BATCH_ID_HEADER);
         verified.verify_body("POST", path, sender_batch_id, &body_hash)?;
     }
     let bytes_len = bytes.len();
@@ -349,6 +336,7 @@ async fn handle(
         .acquire()
         .await
         .map_err(|_| ApiError::ShuttingDown)?;
+    let digest = sender_batch_id.is_some();
     let validated = tokio::task::spawn_blocking(move || {
         validate::validate_body(
             &compiled,
@@ -357,7 +345,7 @@ async fn handle(
             encoding,
             content_type.as_deref(),
             limits,
-            sender_batch_id,
+            digest,
         )
     })
     .await
@@ -464,6 +452,61 @@ async fn handle(
     answer(errors)
 }
 
+/// What the ingest handler reads from a request's headers besides credentials, origin and
+/// schema version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestHeaders<'h> {
+    /// `X-Sluice-Batch-Id` as the sender set it: 1 to 128 printable ASCII characters.
+    pub batch_id: Option<&'h str>,
+    /// `Content-Encoding`.
+    pub encoding: decode::ContentEncoding,
+    /// `Content-Type` as sent (the format is chosen once the body is decompressed).
+    pub content_type: Option<&'h str>,
+    /// `X-Sluice-Row-Count`: the records the sender says the body holds.
+    pub declared_rows: Option<u64>,
+}
+
+/// Reads and checks the headers of [`IngestHeaders`]; a bad one is a 400 (415 for an unknown
+/// encoding) naming the header.
+pub fn ingest_headers(headers: &HeaderMap) -> Result<IngestHeaders<'_>, ApiError> {
+    let batch_id = match header_value(headers, BATCH_ID_HEADER) {
+        Some(id) if valid_id(id) => Some(id),
+        Some(_) => {
+            return Err(ApiError::BadHeader {
+                name: BATCH_ID_HEADER,
+                reason: "must be 1 to 128 printable ASCII characters".to_string(),
+            });
+        }
+        None if headers.contains_key(BATCH_ID_HEADER) => {
+            return Err(ApiError::BadHeader {
+                name: BATCH_ID_HEADER,
+                reason: "must be 1 to 128 printable ASCII characters".to_string(),
+            });
+        }
+        None => None,
+    };
+    let encoding =
+        decode::content_encoding(header_value(headers, header::CONTENT_ENCODING.as_str()))?;
+    let content_type = header_value(headers, header::CONTENT_TYPE.as_str());
+    let declared_rows = match header_value(headers, auth::ROW_COUNT_HEADER) {
+        None => None,
+        Some(text) => Some(
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadHeader {
+                    name: auth::ROW_COUNT_HEADER,
+                    reason: "must be a whole number".to_string(),
+                })?,
+        ),
+    };
+    Ok(IngestHeaders {
+        batch_id,
+        encoding,
+        content_type,
+        declared_rows,
+    })
+}
+
 /// Hands the rows to the pipeline and returns once they are acknowledged as `ingest.ack` says:
 /// in the spool, confirmed by ClickHouse (then with the ids of the inserts that carried them),
 /// or queued in memory.
@@ -529,6 +572,52 @@ async fn acknowledge(
             }
         }
     }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`, holding a share of the
+/// buffered-body budget (`limits.max_buffered_body_bytes`, one permit per byte) for as long as
+/// the returned permit lives. A declared `Content-Length` over the limit is refused before any of
+/// the body is read.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    budget: &Semaphore,
+    timeout: Duration,
+) -> Result<(Bytes, Option<SemaphorePermit<'_>>), ApiError> {
+    let mut body = body;
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    if declared.is_some_and(|declared| declared > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let read = async {
+        let mut held: Option<SemaphorePermit<'_>> = None;
+        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| ApiError::BodyRead(err.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if buffer.len() + data.len() > limit {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            let permits =
+                u32::try_from(data.len()).map_err(|_| ApiError::BodyTooLarge { limit })?;
+            let permit = budget
+                .try_acquire_many(permits)
+                .map_err(|_| ApiError::BodyBufferFull)?;
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok((buffer.freeze(), held))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout {
+            secs: timeout.as_secs(),
+        }))
 }
 
 fn submit_error(err: SubmitError) -> ApiError {

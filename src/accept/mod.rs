@@ -1,8 +1,9 @@
 //! Accept: the ingest listener (HTTPS with client certificates, HTTP/1.1 and HTTP/2) and the
-//! admin listener. Limits on connections, request time and body size are enforced here; bodies
-//! are not parsed here.
+//! admin listener. Limits on connections, time, headers, HTTP/2 streams and body size are
+//! enforced here (see [`conn`] and [`ingest`]); bodies are not parsed here.
 
 pub mod admin;
+pub mod conn;
 pub mod error;
 pub mod ingest;
 pub mod tls;
@@ -36,6 +37,9 @@ pub struct AppState {
     pub status: Arc<crate::status::Status>,
     /// Places for bodies being decompressed and validated (`limits.max_concurrent_decodes`).
     pub decodes: tokio::sync::Semaphore,
+    /// Bytes of request bodies held in memory (`limits.max_buffered_body_bytes`), one permit
+    /// per byte.
+    pub buffered_bodies: tokio::sync::Semaphore,
 }
 
 /// The ingest router.
@@ -59,23 +63,12 @@ pub async fn serve_ingest(
     let config = state.config.clone();
     let tls_config = state.tls.clone();
     let router = app(state);
-    match (&config.ingest.tls, tls_config) {
-        (Some(_), Some(server_config)) => {
-            tls::serve_tls(
-                listener,
-                server_config,
-                router,
-                config.limits.max_connections,
-                shutdown,
-            )
-            .await;
-        }
+    let limits = conn::ConnectionLimits::from_limits(&config.limits);
+    let tls = match (&config.ingest.tls, tls_config) {
+        (Some(_), Some(server_config)) => Some(server_config),
         (Some(_), None) => anyhow::bail!("ingest.tls is configured but no TLS setup was built"),
-        (None, _) => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
-    }
+        (None, _) => None,
+    };
+    conn::serve_connections(listener, tls, router, &limits, shutdown).await;
     Ok(())
 }

@@ -14,17 +14,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::server::{ServerConnection, VerifierBuilderError, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
@@ -32,19 +24,12 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tower::ServiceExt;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// How long a client has, from TCP accept, to finish the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed `accept()` (for instance out of file descriptors) so the loop does not
-/// spin while the condition lasts.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+use super::conn::ConnectionLimits;
 
 /// ALPN protocols the server offers, most preferred first.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -386,7 +371,7 @@ impl HandshakeError {
 /// | `bad_certificate` | any other certificate problem (wrong key usage, bad signature, …) |
 /// | `peer_alert` | the client aborted with an alert, usually because it does not trust our certificate |
 /// | `protocol` | not TLS, or no common version, cipher suite or ALPN protocol |
-/// | `timeout` | the handshake took longer than [`TLS_HANDSHAKE_TIMEOUT`] |
+/// | `timeout` | the handshake took longer than `limits.tls_handshake_timeout_secs` |
 /// | `closed` | the client closed or reset the connection mid-handshake (also TCP health checks) |
 /// | `other` | anything else |
 pub fn handshake_failure_reason(err: &io::Error) -> &'static str {
@@ -433,8 +418,8 @@ fn rustls_failure_reason(err: &rustls::Error) -> &'static str {
 }
 
 /// Runs the server side of a TLS handshake on `io` and returns the stream with the identity of
-/// the client certificate, if any. No timeout: the caller bounds the time (see
-/// [`TLS_HANDSHAKE_TIMEOUT`]).
+/// the client certificate, if any. No timeout: the caller bounds the time
+/// (`limits.tls_handshake_timeout_secs`).
 pub async fn accept_tls<IO>(
     acceptor: &TlsAcceptor,
     io: IO,
@@ -450,19 +435,14 @@ where
 /// The server configuration in force, swapped whole by a reload (see [`crate::reload`]).
 pub type SharedServerConfig = Arc<ArcSwap<ServerConfig>>;
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes.
+/// Serves `app` over TLS on `listener` until `shutdown` completes, within `limits` (see
+/// [`super::conn`]).
 ///
-/// - Each new connection is served with the configuration `tls` holds when it arrives; a
-///   reload that swaps it does not touch connections already open.
-/// - At most `max_connections` connections (handshaking or open) at a time; at the limit the
-///   loop stops accepting until one closes, so further clients wait in the kernel's backlog. A
-///   limit of 0 is treated as 1 (config validation should refuse it).
-/// - Each handshake must finish within [`TLS_HANDSHAKE_TIMEOUT`]; refused handshakes are logged
-///   and counted in `sluice_tls_handshake_failures_total{reason}`.
+/// - Refused handshakes are logged and counted in `sluice_tls_handshake_failures_total{reason}`.
 /// - Every request carries an `Option<Arc<PeerIdentity>>` extension (`None`: no client
 ///   certificate); read it with `Extension<Option<Arc<PeerIdentity>>>`. A request without the
 ///   extension did not come through this loop.
-/// - HTTP/1.1 and HTTP/2 (by ALPN or preface), with hyper's default header-read timeout.
+/// - HTTP/1.1 and HTTP/2 (by ALPN or preface).
 /// - On `shutdown`: stop accepting, abandon handshakes in progress, let open connections finish
 ///   their requests (HTTP/2 GOAWAY, HTTP/1.1 close after the current response), and return once
 ///   every connection is closed. Bound the drain by wrapping the call in a timeout if needed.
@@ -470,106 +450,13 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: SharedServerConfig,
     app: axum::Router,
-    max_connections: usize,
+    limits: &ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_tls_with_handshake_timeout(
-        listener,
-        tls,
-        app,
-        max_connections,
-        TLS_HANDSHAKE_TIMEOUT,
-        shutdown,
-    )
-    .await;
+    super::conn::serve_connections(listener, Some(tls), app, limits, shutdown).await;
 }
 
-/// [`serve_tls`] with another handshake timeout (tests use a short one).
-async fn serve_tls_with_handshake_timeout(
-    listener: TcpListener,
-    tls: SharedServerConfig,
-    app: axum::Router,
-    max_connections: usize,
-    handshake_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let connection_slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    // Connections still in their handshake are not yet watched by `graceful`; this tells them
-    // to give up (the value only ever goes from false to true).
-    let (stop_handshakes, handshakes_stopped) = watch::channel(false);
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new());
-    http.http2().timer(TokioTimer::new());
-
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = connection_slots.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
-        };
-        let (tcp, remote) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accepting a TCP connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%remote, error = %err, "cannot set TCP_NODELAY");
-        }
-
-        // The configuration in force when the connection arrived serves it to its end: a
-        // reload changes what later connections see, never an open one.
-        let acceptor = TlsAcceptor::from(tls.load_full());
-        let app = app.clone();
-        let http = http.clone();
-        let watcher = graceful.watcher();
-        let mut handshakes_stopped = handshakes_stopped.clone();
-        tokio::spawn(async move {
-            let _connection_slot = permit;
-            let handshake = tokio::select! {
-                result = tokio::time::timeout(handshake_timeout, accept_tls(&acceptor, tcp)) => {
-                    result.unwrap_or_else(|_elapsed| Err(HandshakeError::timed_out()))
-                }
-                // Changed or sender gone: either way the server is shutting down.
-                _ = handshakes_stopped.changed() => return,
-            };
-            let (stream, identity) = match handshake {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    record_refused_handshake(&err, remote);
-                    return;
-                }
-            };
-            let identity = identity.map(Arc::new);
-            let service = app.map_request(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(identity.clone());
-                request
-            });
-            let connection =
-                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%remote, error = %err, "connection ended with an error");
-            }
-        });
-    }
-
-    drop(listener);
-    // Send fails only when no task is handshaking, which is fine.
-    let _ = stop_handshakes.send(true);
-    graceful.shutdown().await;
-}
-
-fn record_refused_handshake(err: &HandshakeError, remote: SocketAddr) {
+pub(super) fn record_refused_handshake(err: &HandshakeError, remote: SocketAddr) {
     metrics::counter!("sluice_tls_handshake_failures_total", "reason" => err.reason).increment(1);
     match err.reason {
         // Scanners, health checks and impatient clients: not worth an operator's attention.
@@ -589,9 +476,12 @@ mod tests {
     use axum::Extension;
     use axum::routing::get;
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+    use std::time::Duration;
     use std::time::Instant;
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
+
+    const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A running `serve_tls` on 127.0.0.1 with the dev certificates.
     struct TestServer {
@@ -638,16 +528,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().route("/whoami", get(whoami));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_tls_with_handshake_timeout(
-            listener,
-            Arc::new(ArcSwap::new(tls)),
-            app,
+        let limits = ConnectionLimits {
             max_connections,
-            handshake_timeout,
-            async {
+            tls_handshake_timeout: handshake_timeout,
+            ..ConnectionLimits::default()
+        };
+        let task = tokio::spawn(async move {
+            serve_tls(listener, Arc::new(ArcSwap::new(tls)), app, &limits, async {
                 let _ = stopped.await;
-            },
-        ));
+            })
+            .await
+        });
         TestServer {
             addr,
             certs,

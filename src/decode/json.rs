@@ -12,10 +12,14 @@ pub(super) fn decode_ndjson(
     options: &DecodeOptions<'_>,
     visitor: &mut impl RecordVisitor,
 ) -> Result<DecodeSummary, DecodeError> {
-    let mut buffers = Buffers::default();
+    let mut buffers = Buffers::with_max_depth(0, options.max_nesting_depth);
     let mut scratch: Vec<u8> = Vec::new();
     let mut summary = DecodeSummary::default();
     let mut first_error: Option<String> = None;
+    // Lines that are not JSON at all; over-long lines are rejected for their size, which says
+    // nothing about whether the body is NDJSON.
+    let mut not_json = 0;
+    let (mut overlong, mut too_deep) = (0, 0);
     for line in body.split(|&b| b == b'\n') {
         let line = line.trim_ascii();
         if line.is_empty() {
@@ -27,21 +31,34 @@ pub(super) fn decode_ndjson(
                 limit: options.max_records,
             });
         }
+        if line.len() > options.max_line_bytes {
+            summary.malformed += 1;
+            overlong += 1;
+            let reason = super::overlong_reason(options.max_line_bytes);
+            visitor.malformed_record(summary.records, &reason, super::overlong_raw(line));
+            continue;
+        }
         scratch.clear();
         scratch.extend_from_slice(line);
         match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
             Ok(record) => visitor.json_record(summary.records, &record, Some(line)),
             Err(err) => {
-                let reason = format!("invalid JSON: {}", describe(&err));
+                if matches!(err.error(), simd_json::ErrorType::DepthLimitExceeded) {
+                    too_deep += 1;
+                }
+                let reason = format!("invalid JSON: {}", describe(&err, options));
                 if first_error.is_none() {
                     first_error = Some(format!("line {}: {reason}", summary.records));
                 }
                 summary.malformed += 1;
+                not_json += 1;
                 visitor.malformed_record(summary.records, &reason, line);
             }
         }
     }
-    if summary.records > 0 && summary.malformed == summary.records {
+    super::count_refused_records("line_bytes", overlong);
+    super::count_refused_records("nesting_depth", too_deep);
+    if summary.records > 0 && not_json == summary.records {
         return Err(DecodeError::NotFramed {
             format: "NDJSON",
             message: first_error.unwrap_or_default(),
@@ -57,9 +74,17 @@ pub(super) fn decode_array(
     visitor: &mut impl RecordVisitor,
 ) -> Result<DecodeSummary, DecodeError> {
     let body = trim_ascii_whitespace_mut(body);
-    let value = simd_json::to_borrowed_value(body).map_err(|err| DecodeError::NotFramed {
-        format: "a JSON array",
-        message: describe(&err),
+    // The array is one level more than its records.
+    let array_depth = options.max_nesting_depth.saturating_add(1);
+    let mut buffers = Buffers::with_max_depth(body.len(), array_depth);
+    let value = simd_json::to_borrowed_value_with_buffers(body, &mut buffers).map_err(|err| {
+        if matches!(err.error(), simd_json::ErrorType::DepthLimitExceeded) {
+            super::count_refused_records("nesting_depth", 1);
+        }
+        DecodeError::NotFramed {
+            format: "a JSON array",
+            message: describe(&err, options),
+        }
     })?;
     let BorrowedValue::Array(records) = value else {
         return Err(DecodeError::NotFramed {
@@ -81,7 +106,13 @@ pub(super) fn decode_array(
     })
 }
 
-fn describe(err: &simd_json::Error) -> String {
+fn describe(err: &simd_json::Error, options: &DecodeOptions<'_>) -> String {
+    if matches!(err.error(), simd_json::ErrorType::DepthLimitExceeded) {
+        return format!(
+            "nested deeper than the limit of {} levels",
+            options.max_nesting_depth
+        );
+    }
     match err.character() {
         _ if err.is_eof() => "unexpected end of input".to_string(),
         Some(c) => format!("unexpected {c:?} at byte {}", err.index()),
@@ -157,6 +188,46 @@ mod tests {
             run(BodyFormat::JsonArray, "{\"a\":1}").unwrap_err(),
             DecodeError::NotFramed { .. }
         ));
+    }
+
+    #[test]
+    fn long_lines_and_deep_nesting_are_malformed_records() {
+        // options(): lines up to 64 bytes, nesting up to 3 levels.
+        let long = format!("{{\"a\":\"{}\"}}", "é".repeat(40));
+        let body = format!("{long}\n{{\"a\":[[1]]}}\n{{\"a\":[[[1]]]}}\n");
+        let recorder = run(BodyFormat::Ndjson, &body).unwrap();
+        assert_eq!(
+            recorder.records,
+            [
+                (
+                    1,
+                    "malformed record is longer than the limit of 64 bytes".to_string()
+                ),
+                (2, "json {\"a\":[[1]]}".to_string()),
+                (
+                    3,
+                    "malformed invalid JSON: nested deeper than the limit of 3 levels".to_string()
+                ),
+            ]
+        );
+        // Only over-long lines: the body is still NDJSON, every record is rejected.
+        let recorder = run(BodyFormat::Ndjson, &long).unwrap();
+        assert_eq!(recorder.records.len(), 1);
+        // A JSON array adds one level.
+        assert_eq!(
+            run(BodyFormat::JsonArray, "[{\"a\":[[1]]}]")
+                .unwrap()
+                .records
+                .len(),
+            1
+        );
+        assert_eq!(
+            run(BodyFormat::JsonArray, "[{\"a\":[[[1]]]}]").unwrap_err(),
+            DecodeError::NotFramed {
+                format: "a JSON array",
+                message: "nested deeper than the limit of 3 levels".to_string()
+            }
+        );
     }
 
     #[test]

@@ -91,6 +91,39 @@ pub struct DecodeOptions<'a> {
     pub delimited_fields: &'a [&'a str],
     /// Most records one body may hold.
     pub max_records: usize,
+    /// Longest record (NDJSON line, CSV record, delimited line) in bytes; a longer one is a
+    /// malformed record.
+    pub max_line_bytes: usize,
+    /// Deepest nesting of JSON arrays and objects in a record (the record itself is level 1);
+    /// a deeper record is malformed.
+    pub max_nesting_depth: usize,
+}
+
+/// Bytes of an over-long record handed to the visitor as its raw text (for the quarantine
+/// table): enough to recognise it, not enough to let one record fill the table.
+pub const OVERLONG_RAW_PREFIX: usize = 1024;
+
+/// The reason given for a record longer than `limit` bytes.
+fn overlong_reason(limit: usize) -> String {
+    format!("record is longer than the limit of {limit} bytes")
+}
+
+/// Counts records refused by a limit (`line_bytes`, `nesting_depth`) in
+/// `sluice_limit_refusals_total{limit}`, once per body.
+fn count_refused_records(limit: &'static str, records: usize) {
+    if records > 0 {
+        metrics::counter!("sluice_limit_refusals_total", "limit" => limit)
+            .increment(records as u64);
+    }
+}
+
+/// The start of an over-long record, cut at a character boundary when it is UTF-8.
+fn overlong_raw(raw: &[u8]) -> &[u8] {
+    let mut end = raw.len().min(OVERLONG_RAW_PREFIX);
+    while end > 0 && end < raw.len() && (raw[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    &raw[..end]
 }
 
 /// What the decoder saw.
@@ -255,6 +288,8 @@ pub(crate) mod tests {
             delimiter: b' ',
             delimited_fields: &["a", "b", "c"],
             max_records: 1000,
+            max_line_bytes: 64,
+            max_nesting_depth: 3,
         }
     }
 

@@ -28,6 +28,7 @@ pub(super) fn decode_csv(
     visitor.text_header(&names);
 
     let mut summary = DecodeSummary::default();
+    let mut overlong = 0;
     let mut record = csv::ByteRecord::new();
     let mut start = reader.position().byte() as usize;
     loop {
@@ -47,6 +48,13 @@ pub(super) fn decode_csv(
             return Err(DecodeError::TooManyRecords {
                 limit: options.max_records,
             });
+        }
+        if raw.len() > options.max_line_bytes {
+            summary.malformed += 1;
+            overlong += 1;
+            let reason = super::overlong_reason(options.max_line_bytes);
+            visitor.malformed_record(summary.records, &reason, super::overlong_raw(raw));
+            continue;
         }
         // One small vector per record: its slices borrow `record`, which the next read reuses.
         let mut fields: Vec<&str> = Vec::with_capacity(names.len());
@@ -72,6 +80,7 @@ pub(super) fn decode_csv(
             None => visitor.text_record(summary.records, &fields, raw),
         }
     }
+    super::count_refused_records("line_bytes", overlong);
     Ok(summary)
 }
 
@@ -84,6 +93,7 @@ pub(super) fn decode_delimited(
 ) -> Result<DecodeSummary, DecodeError> {
     visitor.text_header(options.delimited_fields);
     let mut summary = DecodeSummary::default();
+    let mut overlong = 0;
     let mut fields: Vec<&str> = Vec::with_capacity(options.delimited_fields.len());
     for line in body.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -96,6 +106,13 @@ pub(super) fn decode_delimited(
                 limit: options.max_records,
             });
         }
+        if line.len() > options.max_line_bytes {
+            summary.malformed += 1;
+            overlong += 1;
+            let reason = super::overlong_reason(options.max_line_bytes);
+            visitor.malformed_record(summary.records, &reason, super::overlong_raw(line));
+            continue;
+        }
         let Ok(text) = std::str::from_utf8(line) else {
             summary.malformed += 1;
             visitor.malformed_record(summary.records, "line is not valid UTF-8", line);
@@ -105,6 +122,7 @@ pub(super) fn decode_delimited(
         fields.extend(text.split(options.delimiter as char));
         visitor.text_record(summary.records, &fields, line);
     }
+    super::count_refused_records("line_bytes", overlong);
     Ok(summary)
 }
 
@@ -135,6 +153,34 @@ mod tests {
                 (3, "malformed field 2 is not valid UTF-8".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn over_long_records_are_malformed() {
+        // options(): records up to 64 bytes.
+        let long = "x".repeat(100);
+        let csv = format!("a,b\n1,\"{long}\"\n2,3\n");
+        let recorder = run(BodyFormat::Csv, csv.as_bytes()).unwrap();
+        assert_eq!(
+            recorder.records,
+            [
+                (
+                    1,
+                    "malformed record is longer than the limit of 64 bytes".to_string()
+                ),
+                (2, "text 2|3".to_string()),
+            ]
+        );
+        let lines = format!("{long}\n1 2 3\n");
+        let recorder = run(BodyFormat::Delimited, lines.as_bytes()).unwrap();
+        assert_eq!(
+            recorder.records[0],
+            (
+                1,
+                "malformed record is longer than the limit of 64 bytes".to_string()
+            )
+        );
+        assert_eq!(recorder.records[1], (2, "text 1|2|3".to_string()));
     }
 
     #[test]

@@ -699,6 +699,10 @@ pub struct BodyLimits {
     pub max_decompressed_bytes: usize,
     pub max_records: usize,
     pub max_errors: usize,
+    /// Longest record in bytes (see [`decode::DecodeOptions::max_line_bytes`]).
+    pub max_line_bytes: usize,
+    /// Deepest JSON nesting of a record (see [`decode::DecodeOptions::max_nesting_depth`]).
+    pub max_nesting_depth: usize,
 }
 
 /// Decompresses, frames and validates one body: CPU work, run it off the async workers.
@@ -726,6 +730,8 @@ pub fn validate_body(
         delimiter: compiled.delimiter(),
         delimited_fields: &delimited_fields,
         max_records: limits.max_records,
+        max_line_bytes: limits.max_line_bytes,
+        max_nesting_depth: limits.max_nesting_depth,
     };
     let decoded_bytes = body.len();
     let mut builder = compiled.begin(&context, limits.max_errors);

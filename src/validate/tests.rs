@@ -44,6 +44,8 @@ fn validate(compiled: &CompiledSchema, format: BodyFormat, body: &str) -> Valida
         delimiter: compiled.delimiter(),
         delimited_fields: &fields,
         max_records: 10_000,
+        max_line_bytes: usize::MAX,
+        max_nesting_depth: 64,
     };
     let mut bytes = body.as_bytes().to_vec();
     decode::decode(format, &mut bytes, &options, &mut builder).unwrap();
