@@ -531,8 +531,8 @@ async fn the_status_page_shows_live_numbers_in_chromium() {
     assert_eq!(text_of(&after, "requests"), "2 (1)");
     assert_eq!(
         text_of(&after, "rows-inserted"),
-        "3",
-        "two rows and one to quarantine"
+        "4",
+        "two rows, one to quarantine and edge_access_1m's partial row"
     );
     assert_eq!(text_of(&after, "clickhouse"), "up");
     assert!(
