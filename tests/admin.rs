@@ -200,8 +200,9 @@ async fn metrics_count_a_known_load_and_a_request_id_leads_to_query_log() {
         .split(',')
         .collect();
     assert_eq!(delivered["insert_ids"], answered["insert_ids"]);
-    // Accepted rows to edge_access, the rejected one to its quarantine table.
-    assert_eq!(insert_ids.len(), 2, "{answered}");
+    // Accepted rows to edge_access, the rejected one to its quarantine table, and the
+    // partial rows of the edge_access_1m rollup that folded the accepted ones.
+    assert_eq!(insert_ids.len(), 3, "{answered}");
     let refused = logs.lines_of("req-fourth");
     assert_eq!(refused[0]["message"], "request refused");
     assert_eq!(refused[0]["code"], "unknown_stream");
@@ -216,16 +217,17 @@ async fn metrics_count_a_known_load_and_a_request_id_leads_to_query_log() {
             quoted.join(", ")
         ))
         .await;
-    assert_eq!(logged.len(), 2, "{logged:?}");
-    assert_eq!(logged[0]["written_rows"], "3");
-    assert!(
-        logged[0]["query"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("INSERT INTO {}.edge_access ", clickhouse.database)),
-        "{logged:?}"
-    );
-    assert_eq!(logged[1]["written_rows"], "1");
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    let insert_into = |table: &str| {
+        let prefix = format!("INSERT INTO {}.{table} ", clickhouse.database);
+        logged
+            .iter()
+            .find(|row| row["query"].as_str().unwrap().contains(&prefix))
+            .unwrap_or_else(|| panic!("no insert into {table}: {logged:?}"))
+    };
+    assert_eq!(insert_into("edge_access")["written_rows"], "3");
+    assert_eq!(insert_into("edge_access_quarantine")["written_rows"], "1");
+    insert_into("edge_access_1m_input");
     // The rows carry the request id in their audit column.
     let stored = clickhouse
         .rows(&format!(
