@@ -637,6 +637,8 @@ impl RollupThread {
         metrics::counter!("sluice_rollup_early_emits_total", "rollup" => rollup.clone())
             .increment(stats.early_emits);
         let rows = self.state.take();
+        // The groups held until this flush (each becomes one partial row).
+        metrics::gauge!("sluice_rollup_groups", "rollup" => rollup.clone()).set(rows.len() as f64);
         let mut contributions: Vec<(String, String, u64)> = Vec::new();
         let mut expected: HashMap<BatchKey, u64> = HashMap::new();
         for (receipt, count) in &receipts {

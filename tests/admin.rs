@@ -168,6 +168,7 @@ async fn metrics_count_a_known_load_and_a_request_id_leads_to_query_log() {
         "sluice_ack_seconds_count{stream=\"edge_access\"} 3".to_string(),
         "sluice_insert_rows_total{table=\"edge_access\"} 5".to_string(),
         "sluice_insert_rows_total{table=\"edge_access_quarantine\"} 3".to_string(),
+        "sluice_rollup_folded_rows_total{rollup=\"edge_access_1m\"} 5".to_string(),
         "sluice_insert_batch_rows_sum{table=\"edge_access\"} 5".to_string(),
         "sluice_queue_depth_requests{stream=\"edge_access\",version=\"1\"} 0".to_string(),
         "sluice_in_flight_bytes 0".to_string(),
@@ -178,6 +179,12 @@ async fn metrics_count_a_known_load_and_a_request_id_leads_to_query_log() {
             "missing {line:?} in:\n{metrics}"
         );
     }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_rollup_groups{rollup=\"edge_access_1m\"} ")),
+        "missing sluice_rollup_groups in:\n{metrics}"
+    );
     assert_eq!(fixture.clickhouse.count("edge_access").await, 5);
     assert_eq!(fixture.clickhouse.count("edge_access_quarantine").await, 3);
 
