@@ -151,6 +151,8 @@ fn modern_ddl_and_deduplication_tokens_work_on_the_current_engine() {
         serde_json::json!([
             "sluice.edge_access",
             "sluice.edge_access_quarantine",
+            "sluice.edge_access_1m_input",
+            "sluice.edge_access_1m_flushes",
             "sluice.edge_events",
             "sluice.edge_events_quarantine"
         ])
