@@ -53,9 +53,19 @@ send --url https://127.0.0.1:8443/v1/streams/edge_access --stream edge_access \
 send --url https://127.0.0.1:8443/v1/streams/edge_events --stream edge_events \
     --rows 5000 --batch-rows 1000 --format json-array --encoding zstd --seed 3
 
+# The 200s came once the batches were in the spool; wait until ClickHouse has confirmed them.
+for _ in $(seq 1 100); do
+    curl -sf http://127.0.0.1:9090/metrics | grep -qx 'sluice_spool_unconfirmed_records 0' && break
+    sleep 0.1
+done
+
 query="SELECT host, count() AS requests, round(avg(ttfb_ms)) AS avg_ttfb_ms, countIf(status >= 500) AS errors_5xx FROM sluice.edge_access GROUP BY host ORDER BY requests DESC LIMIT 5"
 section "in ClickHouse: $query"
 curl -sf 'http://127.0.0.1:8123/?default_format=PrettyCompactMonoBlock' --data-binary "$query"
+echo
+rollup="SELECT host, status_class, sumMerge(requests) AS requests, quantilesExactWeightedArrayMerge(0.5, 0.99)(ttfb_quantiles) AS ttfb_p50_p99, uniqCombinedArrayMerge(clients) AS clients FROM sluice.edge_access_1m GROUP BY host, status_class ORDER BY requests DESC LIMIT 5"
+section "the same traffic pre-aggregated (rollup edge_access_1m): $rollup"
+curl -sf 'http://127.0.0.1:8123/?default_format=PrettyCompactMonoBlock' --data-binary "$rollup"
 echo
 echo "Query it yourself:"
 echo "  clickhouse-client --query \"$query\""
