@@ -5,32 +5,21 @@
 //! partial rows sluice writes and the rows the rollup table holds once ClickHouse has merged
 //! them.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice::aggregate::rollup::RollupState;
-use sluice::decode::{self, DecodeOptions};
-use sluice::schema::SchemaSet;
+use sluice::decode::{BodyFormat, ContentEncoding};
 use sluice::schema::rollup::Rollup;
-use sluice::validate::{CompiledSchema, RequestContext, StreamOptions};
+use sluice::validate::{CompiledSchema, RequestContext};
 use sluice_loadtest::generator::{self, Format, Generator, GeneratorConfig};
 
 const ROWS: usize = 160_000;
 const ROWS_PER_BATCH: usize = 10_000;
-
-fn compiled() -> CompiledSchema {
-    let set = SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
-    let schema = set
-        .versions("edge_access")
-        .unwrap()
-        .values()
-        .next_back()
-        .unwrap()
-        .clone();
-    CompiledSchema::new(schema, &StreamOptions::default()).unwrap()
-}
 
 fn validate(compiled: &CompiledSchema, body: &[u8]) -> RecordBatch {
     let context = RequestContext {
@@ -38,24 +27,14 @@ fn validate(compiled: &CompiledSchema, body: &[u8]) -> RecordBatch {
         url_encoded: true,
         ..Default::default()
     };
-    let mut bytes = body.to_vec();
-    let fields = compiled.delimited_fields();
-    let options = DecodeOptions {
-        delimiter: compiled.delimiter(),
-        delimited_fields: &fields,
-        max_records: usize::MAX,
-        max_line_bytes: usize::MAX,
-        max_nesting_depth: 64,
-    };
-    let mut builder = compiled.begin(&context, 100);
-    decode::decode(
-        decode::BodyFormat::Ndjson,
-        &mut bytes,
-        &options,
-        &mut builder,
+    common::decode_validate(
+        compiled,
+        &context,
+        body,
+        ContentEncoding::Identity,
+        BodyFormat::Ndjson,
     )
-    .unwrap();
-    builder.finish().batch
+    .batch
 }
 
 /// `ROWS` requests spread over `span_secs`, as validated batches.
@@ -157,7 +136,7 @@ fn rollup_with_path_prefix() -> Arc<Rollup> {
 }
 
 fn fold(c: &mut Criterion) {
-    let compiled = compiled();
+    let compiled = common::compiled();
     let rollup = rollup(&compiled);
     let more_keys = rollup_with_path_prefix();
     for requests in [100_000, 1_000_000] {

@@ -4,6 +4,8 @@
 //! DataStream 2-style `edge_access` records. The README's "Origin trust" section quotes the
 //! ratio.
 
+mod common;
+
 use std::path::Path;
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -11,30 +13,15 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sluice::auth::{Auth, signature};
 use sluice::config::Config;
-use sluice::decode::{self, ContentEncoding, DecodeOptions};
-use sluice::schema::SchemaSet;
-use sluice::validate::{CompiledSchema, RequestContext, StreamOptions};
+use sluice::decode::{BodyFormat, ContentEncoding};
+use sluice::validate::RequestContext;
 use sluice_loadtest::generator::{self, Encoding, Format, Generator};
 
 const ROWS: usize = 1000;
-/// The default `limits.max_decompressed_bytes`.
-const MAX_DECOMPRESSED: usize = 256 << 20;
 const PATH: &str = "/v1/streams/edge_access";
 const HS256_SECRET: &str = "bench-hs256-secret-0123456789abcdef";
 const HEADER_SECRET: &str = "bench-header-secret-0123456789abcdef";
 const SIGNING_KEY: &str = "bench-signing-key-0123456789abcdef";
-
-fn compiled() -> CompiledSchema {
-    let set = SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
-    let schema = set
-        .versions("edge_access")
-        .unwrap()
-        .values()
-        .next_back()
-        .unwrap()
-        .clone();
-    CompiledSchema::new(schema, &StreamOptions::default()).unwrap()
-}
 
 /// Principals `ew` (header secret, signing key `ew-1`) and `tok` (bearer JWTs: HS256, ES256).
 fn auth(dir: &Path, es256_public_pem: &str) -> Auth {
@@ -98,7 +85,7 @@ fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
 }
 
 fn trust_per_batch(c: &mut Criterion) {
-    let compiled = compiled();
+    let compiled = common::compiled();
     let context = RequestContext {
         principal: "ew".into(),
         region: "bench".into(),
@@ -152,25 +139,13 @@ fn trust_per_batch(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ROWS as u64));
     group.bench_function("decode_validate_gzip_ndjson", |b| {
         b.iter(|| {
-            let mut bytes =
-                decode::decompress(&body, ContentEncoding::Gzip, MAX_DECOMPRESSED).unwrap();
-            let fields = compiled.delimited_fields();
-            let options = DecodeOptions {
-                delimiter: compiled.delimiter(),
-                delimited_fields: &fields,
-                max_records: usize::MAX,
-                max_line_bytes: usize::MAX,
-                max_nesting_depth: 64,
-            };
-            let mut builder = compiled.begin(&context, 100);
-            decode::decode(
-                decode::BodyFormat::Ndjson,
-                &mut bytes,
-                &options,
-                &mut builder,
-            )
-            .unwrap();
-            let batch = builder.finish();
+            let batch = common::decode_validate(
+                &compiled,
+                &context,
+                &body,
+                ContentEncoding::Gzip,
+                BodyFormat::Ndjson,
+            );
             assert_eq!(batch.accepted, ROWS);
             batch
         })

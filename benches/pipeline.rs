@@ -2,29 +2,17 @@
 //! decode + validate per body format (with and without gzip), and Native encoding with each
 //! block compression.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice::decode::{self, ContentEncoding, DecodeOptions};
+use sluice::decode::{self, ContentEncoding};
 use sluice::encode::{self, Compression};
-use sluice::schema::SchemaSet;
-use sluice::validate::{CompiledSchema, RequestContext, StreamOptions, ValidatedBatch};
+use sluice::validate::RequestContext;
 use sluice_loadtest::generator::{self, Encoding, Format, Generator};
 
 const ROWS: usize = 10_000;
-
-fn compiled() -> CompiledSchema {
-    let set = SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
-    let schema = set
-        .versions("edge_access")
-        .unwrap()
-        .values()
-        .next_back()
-        .unwrap()
-        .clone();
-    CompiledSchema::new(schema, &StreamOptions::default()).unwrap()
-}
 
 fn context() -> RequestContext {
     RequestContext {
@@ -33,27 +21,6 @@ fn context() -> RequestContext {
         url_encoded: true,
         ..Default::default()
     }
-}
-
-fn validate(
-    compiled: &CompiledSchema,
-    context: &RequestContext,
-    body: &[u8],
-    encoding: ContentEncoding,
-    format: decode::BodyFormat,
-) -> ValidatedBatch {
-    let mut bytes = decode::decompress(body, encoding, usize::MAX).unwrap();
-    let fields = compiled.delimited_fields();
-    let options = DecodeOptions {
-        delimiter: compiled.delimiter(),
-        delimited_fields: &fields,
-        max_records: usize::MAX,
-        max_line_bytes: usize::MAX,
-        max_nesting_depth: 64,
-    };
-    let mut builder = compiled.begin(context, 100);
-    decode::decode(format, &mut bytes, &options, &mut builder).unwrap();
-    builder.finish()
 }
 
 fn body_format(format: Format) -> decode::BodyFormat {
@@ -66,7 +33,7 @@ fn body_format(format: Format) -> decode::BodyFormat {
 }
 
 fn decode_validate(c: &mut Criterion) {
-    let compiled = compiled();
+    let compiled = common::compiled();
     let context = context();
     let rows = Generator::new(1).edge_access(ROWS);
     let mut group = c.benchmark_group("decode_validate");
@@ -83,7 +50,13 @@ fn decode_validate(c: &mut Criterion) {
             let id = BenchmarkId::new(format.as_str(), format!("{encoding:?}").to_lowercase());
             group.bench_with_input(id, &wire, |b, wire| {
                 b.iter(|| {
-                    let batch = validate(&compiled, &context, wire, encoding, body_format(format));
+                    let batch = common::decode_validate(
+                        &compiled,
+                        &context,
+                        wire,
+                        encoding,
+                        body_format(format),
+                    );
                     assert_eq!(batch.accepted, ROWS);
                     batch
                 })
@@ -94,11 +67,11 @@ fn decode_validate(c: &mut Criterion) {
 }
 
 fn encode_native(c: &mut Criterion) {
-    let compiled = Arc::new(compiled());
+    let compiled = Arc::new(common::compiled());
     let context = context();
     let rows = Generator::new(2).edge_access(100_000);
     let body = generator::encode_access(&rows, Format::Ndjson);
-    let batch = validate(
+    let batch = common::decode_validate(
         &compiled,
         &context,
         &body,

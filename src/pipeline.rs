@@ -99,6 +99,19 @@ struct Delivered {
 }
 
 impl DeliveryOptions {
+    /// Wraps a Native body in ClickHouse's compressed-block framing as configured; returns the
+    /// body and whether it is framed (`decompress=1`).
+    fn frame(&self, native: Vec<u8>) -> (Vec<u8>, bool) {
+        match self.compression {
+            Compression::None => (native, false),
+            compression => {
+                let mut framed = Vec::with_capacity(native.len() / 2);
+                encode::write_compressed_frames(&native, compression, self.zstd_level, &mut framed);
+                (framed, true)
+            }
+        }
+    }
+
     pub fn from_config(config: &Config) -> DeliveryOptions {
         DeliveryOptions {
             compression: config.clickhouse.compression,
@@ -672,19 +685,7 @@ impl RollupThread {
             settle(parts.iter().map(|(r, _)| r), &Err(error), None);
             return;
         }
-        let (body, framed) = match self.delivery.compression {
-            Compression::None => (native, false),
-            compression => {
-                let mut framed = Vec::with_capacity(native.len() / 2);
-                encode::write_compressed_frames(
-                    &native,
-                    compression,
-                    self.delivery.zstd_level,
-                    &mut framed,
-                );
-                (framed, true)
-            }
-        };
+        let (body, framed) = self.delivery.frame(native);
         metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
             .record(started.elapsed().as_secs_f64());
         let request = InsertRequest {
@@ -844,19 +845,7 @@ impl AccumulatorThread {
         };
         let mut native = Vec::with_capacity(batch.get_array_memory_size());
         encode::write_native_block(&columns, batch, &mut native)?;
-        let (body, framed) = match self.delivery.compression {
-            Compression::None => (native, false),
-            compression => {
-                let mut framed = Vec::with_capacity(native.len() / 2);
-                encode::write_compressed_frames(
-                    &native,
-                    compression,
-                    self.delivery.zstd_level,
-                    &mut framed,
-                );
-                (framed, true)
-            }
-        };
+        let (body, framed) = self.delivery.frame(native);
         Ok(InsertRequest {
             target: self.target.clone(),
             body: Bytes::from(body),
