@@ -929,9 +929,18 @@ async fn dispatch(
     while running.join_next().await.is_some() {}
 }
 
+/// How long after a refusal the insert is tried once more before the refusal counts.
+const REFUSAL_RECHECK: Duration = Duration::from_secs(2);
+
 /// Tries an insert until it succeeds, fails for good, or runs out of attempts. With a spool,
 /// retryable failures are retried without limit until shutdown: the rows are safe on disk and a
 /// ClickHouse outage must cost nothing but delay.
+///
+/// A refusal (a "permanent" error code) is final only when the next attempt, made
+/// [`REFUSAL_RECHECK`] later, is refused too: a server that is shutting down, restarting or
+/// having a table recreated answers with codes (unknown table or database, cannot read all
+/// data) that say nothing about the rows, and acknowledged rows must not go to quarantine on
+/// such a passing answer.
 async fn deliver(
     sink: &dyn Sink,
     request: &InsertRequest,
@@ -944,6 +953,8 @@ async fn deliver(
     // Set once an attempt may have been applied although it failed (its answer was lost): from
     // then on the insert is sent again only after ClickHouse says its rows are not there.
     let mut uncertain = false;
+    // Refusals in a row.
+    let mut refusals = 0;
     loop {
         let result = if uncertain {
             match stored(sink, request, expected).await {
@@ -964,13 +975,19 @@ async fn deliver(
             Err(error) => error,
         };
         uncertain |= matches!(error, SinkError::Retryable(_));
+        let refused = matches!(error, SinkError::Permanent { .. });
+        refusals = if refused { refusals + 1 } else { 0 };
         let keep_trying =
             delivered.spool.is_some() && !delivered.shutting_down.load(Ordering::Relaxed);
-        if !error.is_retryable() || (attempt >= attempts && !keep_trying) {
+        if refusals >= 2 || (attempt >= attempts && !keep_trying) {
             tracing::warn!(insert_id = %request.insert_id, attempt, %error, "insert failed");
             return Err(error);
         }
-        let backoff = backoff(attempt);
+        let backoff = if refused {
+            REFUSAL_RECHECK
+        } else {
+            backoff(attempt)
+        };
         tracing::info!(insert_id = %request.insert_id, attempt, %error, ?backoff, "insert will be retried");
         tokio::time::sleep(backoff).await;
         attempt += 1;
@@ -1071,6 +1088,81 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers inserts from a script, in order.
+    struct ScriptedSink(std::sync::Mutex<std::collections::VecDeque<Result<(), SinkError>>>);
+
+    #[async_trait::async_trait]
+    impl Sink for ScriptedSink {
+        async fn insert(&self, _request: &InsertRequest) -> Result<(), SinkError> {
+            self.0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("no more attempts")
+        }
+
+        async fn stored_rows(
+            &self,
+            _target: &TableTarget,
+            _keys: &[BatchKey],
+        ) -> Result<HashMap<BatchKey, u64>, SinkError> {
+            Ok(HashMap::new())
+        }
+    }
+
+    /// Delivers one insert to a sink answering `script`; the outcome and the attempts left.
+    async fn deliver_scripted(
+        script: Vec<Result<(), SinkError>>,
+    ) -> (Result<(), SinkError>, usize) {
+        let sink = ScriptedSink(std::sync::Mutex::new(script.into()));
+        let target = TableTarget::new("db", "t", ["a"].into_iter(), None);
+        let request = InsertRequest {
+            target: Arc::new(target),
+            body: Bytes::new(),
+            framed: false,
+            rows: 1,
+            insert_id: Arc::from("sluice-test"),
+            shard: 0,
+        };
+        let delivered = Delivered {
+            spool: None,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            status: Arc::new(Status::new(4)),
+        };
+        let outcome = deliver(&sink, &request, &HashMap::new(), 10, &delivered).await;
+        (outcome, sink.0.lock().unwrap().len())
+    }
+
+    fn refusal(code: u32) -> Result<(), SinkError> {
+        Err(SinkError::Permanent {
+            code,
+            message: format!("Code: {code}"),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_does_not_repeat_is_retried() {
+        // A restarting server's "unknown database", then the insert goes in.
+        let (outcome, left) = deliver_scripted(vec![refusal(81), Ok(())]).await;
+        assert_eq!(outcome, Ok(()));
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_counts_when_repeated_in_a_row() {
+        let unreachable = Err(SinkError::Unreachable("connection refused".into()));
+        let (outcome, left) =
+            deliver_scripted(vec![refusal(60), unreachable, refusal(60), Ok(())]).await;
+        assert_eq!(outcome, Ok(()), "an outage in between restarts the count");
+        assert_eq!(left, 0);
+        let (outcome, left) = deliver_scripted(vec![refusal(53), refusal(53), Ok(())]).await;
+        assert!(matches!(
+            outcome,
+            Err(SinkError::Permanent { code: 53, .. })
+        ));
+        assert_eq!(left, 1, "no attempt after the second refusal");
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -136,6 +136,16 @@ url_encoded = true
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
 
+    /// The log's warnings and errors (a test's output would truncate the whole log).
+    fn log_problems(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
     fn client(&self) -> reqwest::Client {
         let certs = self.dir.path().join("certs");
         let tls = sluice::certs::client_config(
@@ -253,12 +263,17 @@ async fn assert_exactly_once(clickhouse: &TestClickHouse, ledger: &Ledger, sluic
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let missing = ledger.acknowledged.difference(&stored).count();
-    assert_eq!(
-        missing,
-        0,
-        "acknowledged rows missing from ClickHouse\n{}",
-        sluice.log()
-    );
+    if missing > 0 {
+        let quarantined = clickhouse
+            .rows(&format!(
+                "SELECT count() AS c FROM {db}.edge_access_quarantine"
+            ))
+            .await;
+        panic!(
+            "{missing} acknowledged rows missing from ClickHouse; quarantine holds {quarantined:?}\n{}",
+            sluice.log_problems()
+        );
+    }
     let doubled = clickhouse
         .rows(&format!(
             "SELECT request_id, count() AS c FROM {db}.edge_access GROUP BY request_id HAVING c > 1 LIMIT 5"
@@ -267,7 +282,7 @@ async fn assert_exactly_once(clickhouse: &TestClickHouse, ledger: &Ledger, sluic
     assert!(
         doubled.is_empty(),
         "rows stored twice: {doubled:?}\n{}",
-        sluice.log()
+        sluice.log_problems()
     );
 }
 

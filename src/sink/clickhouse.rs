@@ -164,7 +164,18 @@ impl Sink for ClickHouseSink {
         let mut found: HashMap<BatchKey, u64> = HashMap::new();
         for shard in 0..self.shards.len() {
             let endpoint = self.pick(shard)?;
-            let outcome = query_stored_rows(endpoint, target, principal, batch_id, keys).await;
+            // Bounded like an insert: a probe that hangs must not hold its insert for good.
+            let outcome = tokio::time::timeout(
+                self.timeout,
+                query_stored_rows(endpoint, target, principal, batch_id, keys),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(SinkError::Retryable(format!(
+                    "no answer to the stored-rows probe within {} s",
+                    self.timeout.as_secs()
+                )))
+            });
             // A probe is a trial like any request: its outcome feeds the endpoint's breaker.
             self.record(
                 endpoint,
