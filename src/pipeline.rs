@@ -1089,33 +1089,12 @@ fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
 
-    /// Answers inserts from a script, in order.
-    struct ScriptedSink(std::sync::Mutex<std::collections::VecDeque<Result<(), SinkError>>>);
-
-    #[async_trait::async_trait]
-    impl Sink for ScriptedSink {
-        async fn insert(&self, _request: &InsertRequest) -> Result<(), SinkError> {
-            self.0
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("no more attempts")
-        }
-
-        async fn stored_rows(
-            &self,
-            _target: &TableTarget,
-            _keys: &[BatchKey],
-        ) -> Result<HashMap<BatchKey, u64>, SinkError> {
-            Ok(HashMap::new())
-        }
-    }
-
-    /// Delivers one insert to a sink answering `script`; the outcome and the attempts left.
-    async fn deliver_scripted(
-        script: Vec<Result<(), SinkError>>,
-    ) -> (Result<(), SinkError>, usize) {
-        let sink = ScriptedSink(std::sync::Mutex::new(script.into()));
+    /// Delivers one insert to a sink whose next inserts fail with `failures`; the outcome and
+    /// the attempts made.
+    async fn deliver_after(failures: Vec<SinkError>) -> (Result<(), SinkError>, usize) {
+        let sink = crate::sink::MemorySink::default();
+        let failed = failures.len();
+        sink.fail_next(failures);
         let target = TableTarget::new("db", "t", ["a"].into_iter(), None);
         let request = InsertRequest {
             target: Arc::new(target),
@@ -1131,37 +1110,41 @@ mod tests {
             status: Arc::new(Status::new(4)),
         };
         let outcome = deliver(&sink, &request, &HashMap::new(), 10, &delivered).await;
-        (outcome, sink.0.lock().unwrap().len())
+        let stored = sink.inserts.lock().unwrap().len();
+        let attempts = if outcome.is_ok() {
+            failed + stored
+        } else {
+            failed
+        };
+        (outcome, attempts)
     }
 
-    fn refusal(code: u32) -> Result<(), SinkError> {
-        Err(SinkError::Permanent {
+    fn refusal(code: u32) -> SinkError {
+        SinkError::Permanent {
             code,
             message: format!("Code: {code}"),
-        })
+        }
     }
 
     #[tokio::test]
     async fn a_refusal_that_does_not_repeat_is_retried() {
         // A restarting server's "unknown database", then the insert goes in.
-        let (outcome, left) = deliver_scripted(vec![refusal(81), Ok(())]).await;
+        let (outcome, attempts) = deliver_after(vec![refusal(81)]).await;
         assert_eq!(outcome, Ok(()));
-        assert_eq!(left, 0);
+        assert_eq!(attempts, 2);
     }
 
     #[tokio::test]
     async fn a_refusal_counts_when_repeated_in_a_row() {
-        let unreachable = Err(SinkError::Unreachable("connection refused".into()));
-        let (outcome, left) =
-            deliver_scripted(vec![refusal(60), unreachable, refusal(60), Ok(())]).await;
+        let unreachable = SinkError::Unreachable("connection refused".into());
+        let (outcome, attempts) = deliver_after(vec![refusal(60), unreachable, refusal(60)]).await;
         assert_eq!(outcome, Ok(()), "an outage in between restarts the count");
-        assert_eq!(left, 0);
-        let (outcome, left) = deliver_scripted(vec![refusal(53), refusal(53), Ok(())]).await;
+        assert_eq!(attempts, 4);
+        let (outcome, _) = deliver_after(vec![refusal(53), refusal(53)]).await;
         assert!(matches!(
             outcome,
             Err(SinkError::Permanent { code: 53, .. })
         ));
-        assert_eq!(left, 1, "no attempt after the second refusal");
     }
 
     #[test]

@@ -137,12 +137,18 @@ pub trait Sink: Send + Sync + 'static {
 pub struct MemorySink {
     pub inserts: Mutex<Vec<InsertRequest>>,
     failure: Mutex<Option<SinkError>>,
+    next_failures: Mutex<std::collections::VecDeque<SinkError>>,
 }
 
 impl MemorySink {
     /// Makes every following insert fail with `error` (None: succeed again).
     pub fn fail_with(&self, error: Option<SinkError>) {
         *self.failure.lock().unwrap() = error;
+    }
+
+    /// Makes the next inserts fail with `errors`, one each, in order.
+    pub fn fail_next(&self, errors: impl IntoIterator<Item = SinkError>) {
+        self.next_failures.lock().unwrap().extend(errors);
     }
 
     pub fn rows(&self) -> usize {
@@ -153,6 +159,9 @@ impl MemorySink {
 #[async_trait::async_trait]
 impl Sink for MemorySink {
     async fn insert(&self, request: &InsertRequest) -> Result<(), SinkError> {
+        if let Some(error) = self.next_failures.lock().unwrap().pop_front() {
+            return Err(error);
+        }
         if let Some(error) = self.failure.lock().unwrap().clone() {
             return Err(error);
         }
