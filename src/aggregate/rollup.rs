@@ -14,9 +14,12 @@
 //! live group is emitted (made a finished partial row) and folding starts afresh. A group whose
 //! distinct set reaches `max_distinct` values is emitted early the same way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
+// foldhash, not SipHash: every row touches a group and its distinct sets. A set holds at most
+// `max_distinct` values before its group is emitted, so colliding values cost little.
 use hashbrown::HashMap as GroupMap;
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;

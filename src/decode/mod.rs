@@ -180,16 +180,29 @@ pub fn decompress(
     encoding: ContentEncoding,
     max_decompressed: usize,
 ) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    decompress_into(body, encoding, max_decompressed, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first), so that a caller can reuse one buffer.
+pub fn decompress_into(
+    body: &[u8],
+    encoding: ContentEncoding,
+    max_decompressed: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     fn read_capped(
         reader: impl Read,
         encoding: &'static str,
         size_hint: usize,
         limit: usize,
-    ) -> Result<Vec<u8>, DecodeError> {
-        let mut out = Vec::with_capacity(size_hint.min(limit));
+        out: &mut Vec<u8>,
+    ) -> Result<(), DecodeError> {
+        out.reserve(size_hint.min(limit));
         reader
             .take(limit as u64 + 1)
-            .read_to_end(&mut out)
+            .read_to_end(out)
             .map_err(|err| DecodeError::Decompress {
                 encoding,
                 message: err.to_string(),
@@ -197,8 +210,9 @@ pub fn decompress(
         if out.len() > limit {
             return Err(DecodeError::DecompressedTooLarge { limit });
         }
-        Ok(out)
+        Ok(())
     }
+    out.clear();
     match encoding {
         ContentEncoding::Identity => {
             if body.len() > max_decompressed {
@@ -206,13 +220,16 @@ pub fn decompress(
                     limit: max_decompressed,
                 });
             }
-            Ok(body.to_vec())
+            out.extend_from_slice(body);
+            Ok(())
         }
+        // Read straight from the body (no copy through a buffer) into a vector sized once.
         ContentEncoding::Gzip => read_capped(
-            flate2::read::MultiGzDecoder::new(body),
+            flate2::bufread::MultiGzDecoder::new(body),
             "gzip",
-            body.len() * 8,
+            gzip_size_hint(body),
             max_decompressed,
+            out,
         ),
         ContentEncoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|err| {
@@ -221,9 +238,23 @@ pub fn decompress(
                     message: err.to_string(),
                 }
             })?;
-            read_capped(decoder, "zstd", body.len() * 8, max_decompressed)
+            read_capped(decoder, "zstd", body.len() * 8, max_decompressed, out)
         }
     }
+}
+
+/// The decompressed size a gzip body announces: ISIZE, the last four bytes (its last member's
+/// size mod 2^32), never more than deflate's largest ratio (1032:1) allows, so a forged trailer
+/// cannot make a small body reserve much. Most bodies are one member, so the vector that
+/// receives them is allocated once instead of doubling (and copying) as it fills.
+fn gzip_size_hint(body: &[u8]) -> usize {
+    let announced = match body.last_chunk::<4>() {
+        Some(isize) if body.len() >= 18 => u32::from_le_bytes(*isize) as usize,
+        _ => 0,
+    };
+    announced
+        .min(body.len().saturating_mul(1032))
+        .max(body.len() * 4)
 }
 
 /// Frames `body` (already decompressed) and hands every record to `visitor`. JSON is parsed in

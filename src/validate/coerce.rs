@@ -224,14 +224,12 @@ fn push_string(
             return Err(expected(&column.ch_type, value));
         }
     };
-    if url_encoded && column.spec.url_decode && text.contains(['%', '+']) {
+    if url_encoded
+        && column.spec.url_decode
+        && memchr::memchr2(b'%', b'+', text.as_bytes()).is_some()
+    {
         url_buffer.clear();
-        for (i, part) in text.split('+').enumerate() {
-            if i > 0 {
-                url_buffer.push(b' ');
-            }
-            url_buffer.extend(percent_encoding::percent_decode_str(part));
-        }
+        url_decode_into(text.as_bytes(), url_buffer);
         let decoded = std::str::from_utf8(url_buffer)
             .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string())?;
         scratch.push_str(decoded);
@@ -239,6 +237,36 @@ fn push_string(
         scratch.push_str(text);
     }
     Ok(())
+}
+
+/// URL decoding (RFC 1738): `+` is a space, `%XX` a byte, and a `%` without two hex digits after
+/// it stays as it is, as the `percent-encoding` crate decodes. One pass that finds escapes with
+/// memchr and copies the runs between them whole; the test compares it with that crate.
+pub(super) fn url_decode_into(mut text: &[u8], out: &mut Vec<u8>) {
+    fn hex(byte: u8) -> Option<u8> {
+        (byte as char).to_digit(16).map(|d| d as u8)
+    }
+    while let Some(at) = memchr::memchr2(b'%', b'+', text) {
+        out.extend_from_slice(&text[..at]);
+        let escape = (text[at] == b'%')
+            .then(|| Some(hex(*text.get(at + 1)?)? << 4 | hex(*text.get(at + 2)?)?))
+            .flatten();
+        match (text[at], escape) {
+            (b'+', _) => {
+                out.push(b' ');
+                text = &text[at + 1..];
+            }
+            (_, Some(byte)) => {
+                out.push(byte);
+                text = &text[at + 3..];
+            }
+            (_, None) => {
+                out.push(b'%');
+                text = &text[at + 1..];
+            }
+        }
+    }
+    out.extend_from_slice(text);
 }
 
 fn stage_list(

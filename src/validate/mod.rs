@@ -10,7 +10,6 @@
 
 mod coerce;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -20,6 +19,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, SchemaRef};
+use hashbrown::HashMap;
 use serde::Serialize;
 use simd_json::prelude::Writable;
 
@@ -148,11 +148,16 @@ pub struct CompiledSchema {
     /// The stream's quarantine table.
     pub quarantine: Arc<Schema>,
     pub quarantine_arrow_schema: SchemaRef,
-    /// Body field name (primary, alias, or column name) → column index.
+    /// Body field name (primary, alias, or column name) → column index. Looked up once per
+    /// field of every record: foldhash, not SipHash. The table is small and never grows from
+    /// what a sender writes, so colliding keys cost a sender at most a few probes.
     field_index: HashMap<String, usize>,
     /// Field order of delimited lines.
     delimited_fields: Vec<String>,
     unknown_fields: UnknownFields,
+    /// Bytes of text per row of each String column in the last body (0 for other columns):
+    /// how much room [`CompiledSchema::begin_sized`] gives the next one.
+    string_bytes_per_row: Vec<std::sync::atomic::AtomicU32>,
 }
 
 impl CompiledSchema {
@@ -205,6 +210,7 @@ impl CompiledSchema {
             unknown_fields: options
                 .unknown_fields
                 .unwrap_or(schema.input.unknown_fields),
+            string_bytes_per_row: schema.columns.iter().map(|_| Default::default()).collect(),
             schema,
         })
     }
@@ -219,6 +225,20 @@ impl CompiledSchema {
 
     /// Starts the batch of one request.
     pub fn begin<'s>(&'s self, context: &'s RequestContext, max_errors: usize) -> BatchBuilder<'s> {
+        self.begin_sized(context, max_errors, 0, 0)
+    }
+
+    /// [`CompiledSchema::begin`] for a body of about `rows` records and `body_bytes` bytes: the
+    /// column builders start with room for them, and String columns with room for as many
+    /// bytes per row as the last body of this schema had (plus an eighth), never more than a
+    /// quarter of the body each (a body of huge values must not size the next one's columns).
+    pub fn begin_sized<'s>(
+        &'s self,
+        context: &'s RequestContext,
+        max_errors: usize,
+        rows: usize,
+        body_bytes: usize,
+    ) -> BatchBuilder<'s> {
         BatchBuilder {
             compiled: self,
             context,
@@ -226,7 +246,12 @@ impl CompiledSchema {
                 .schema
                 .columns
                 .iter()
-                .map(|c| ColumnBuilder::new(&c.ch_type))
+                .zip(&self.string_bytes_per_row)
+                .map(|(c, per_row)| {
+                    let per_row = per_row.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                    let bytes = (rows * per_row / 8 * 9).min(body_bytes / 4);
+                    ColumnBuilder::new(&c.ch_type, rows, bytes)
+                })
                 .collect(),
             staged: vec![Staged::Unset; self.schema.columns.len()],
             scratch: String::new(),
@@ -284,7 +309,32 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn new(ch_type: &ChType) -> ColumnBuilder {
+    /// A builder with room for `rows` values (and `string_bytes` of text for a String column),
+    /// so that it does not grow, and copy, while a body is read.
+    fn new(ch_type: &ChType, rows: usize, string_bytes: usize) -> ColumnBuilder {
+        if rows > 0 {
+            macro_rules! sized {
+                ($variant:ident, $builder:ty) => {
+                    return ColumnBuilder::$variant(<$builder>::with_capacity(rows))
+                };
+            }
+            match ch_type.value_type() {
+                ChType::String => {
+                    return ColumnBuilder::Str(StringBuilder::with_capacity(rows, string_bytes));
+                }
+                ChType::UInt8 => sized!(U8, UInt8Builder),
+                ChType::UInt16 => sized!(U16, UInt16Builder),
+                ChType::UInt32 | ChType::DateTime => sized!(U32, UInt32Builder),
+                ChType::UInt64 => sized!(U64, UInt64Builder),
+                ChType::Int8 | ChType::Enum8(_) => sized!(I8, Int8Builder),
+                ChType::Int16 => sized!(I16, Int16Builder),
+                ChType::Int32 => sized!(I32, Int32Builder),
+                ChType::Int64 => sized!(I64, Int64Builder),
+                ChType::Float32 => sized!(F32, Float32Builder),
+                ChType::Float64 => sized!(F64, Float64Builder),
+                _ => {}
+            }
+        }
         match ch_type.value_type() {
             ChType::String => ColumnBuilder::Str(StringBuilder::new()),
             ChType::FixedString(n) => {
@@ -410,6 +460,18 @@ impl BatchBuilder<'_> {
     }
 
     pub fn finish(mut self) -> ValidatedBatch {
+        for (builder, per_row) in self
+            .builders
+            .iter()
+            .zip(&self.compiled.string_bytes_per_row)
+        {
+            if let ColumnBuilder::Str(b) = builder
+                && b.len() > 0
+            {
+                let bytes = b.values_slice().len().div_ceil(b.len());
+                per_row.store(bytes as u32, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
@@ -707,8 +769,43 @@ pub struct BodyLimits {
 
 /// Decompresses, frames and validates one body: CPU work, run it off the async workers.
 /// `None` for Logpush's destination probe (`{"content":"tests"}`).
-/// `digest`: also return the SHA-256 of the decompressed body (for batch-id deduplication).
+/// `digest`: also return the digest of the decompressed body (for batch-id deduplication).
 pub fn validate_body(
+    compiled: &CompiledSchema,
+    context: RequestContext,
+    body: &[u8],
+    encoding: decode::ContentEncoding,
+    content_type: Option<&str>,
+    limits: BodyLimits,
+    digest: bool,
+) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
+    thread_local! {
+        /// The decompressed body, one buffer per decode thread: a fresh multi-megabyte vector
+        /// per request cost page faults (the allocator gives freed pages back at once).
+        static DECOMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Larger buffers are freed after their request rather than kept by an idle thread.
+    const KEEP_BYTES: usize = 8 << 20;
+    DECOMPRESSED.with_borrow_mut(|buffer| {
+        let result = validate_decompressed(
+            compiled,
+            context,
+            body,
+            encoding,
+            content_type,
+            limits,
+            digest,
+            buffer,
+        );
+        if buffer.capacity() > KEEP_BYTES {
+            *buffer = Vec::new();
+        }
+        result
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // validate_body's arguments and its buffer
+fn validate_decompressed(
     compiled: &CompiledSchema,
     mut context: RequestContext,
     body: &[u8],
@@ -716,13 +813,15 @@ pub fn validate_body(
     content_type: Option<&str>,
     limits: BodyLimits,
     digest: bool,
+    buffer: &mut Vec<u8>,
 ) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
-    let mut body = decode::decompress(body, encoding, limits.max_decompressed_bytes)?;
-    if decode::is_logpush_probe(&body) {
+    decode::decompress_into(body, encoding, limits.max_decompressed_bytes, buffer)?;
+    let body = buffer;
+    if decode::is_logpush_probe(body) {
         return Ok(None);
     }
-    let digest = digest.then(|| crate::dedup::digest(&body));
-    let format = decode::body_format(content_type, &body)?;
+    let digest = digest.then(|| crate::dedup::digest(body));
+    let format = decode::body_format(content_type, body)?;
     // Structured lines hold no spaces only because their values are URL-encoded.
     context.url_encoded |= format == decode::BodyFormat::Delimited;
     let delimited_fields = compiled.delimited_fields();
@@ -734,8 +833,13 @@ pub fn validate_body(
         max_nesting_depth: limits.max_nesting_depth,
     };
     let decoded_bytes = body.len();
-    let mut builder = compiled.begin(&context, limits.max_errors);
-    decode::decode(format, &mut body, &options, &mut builder)?;
+    // One record per line but in a JSON array: a count of lines sizes the builders once.
+    let rows = match format {
+        decode::BodyFormat::JsonArray => 0,
+        _ => (memchr::memchr_iter(b'\n', body).count() + 1).min(limits.max_records),
+    };
+    let mut builder = compiled.begin_sized(&context, limits.max_errors, rows, body.len());
+    decode::decode(format, body, &options, &mut builder)?;
     let mut validated = builder.finish();
     validated.decoded_bytes = decoded_bytes;
     Ok(Some((validated, digest)))

@@ -375,3 +375,27 @@ fn unknown_fields_can_be_rejected() {
     assert_eq!(batch.errors[0].field.as_deref(), Some("mystery"));
     assert_eq!(batch.errors[0].reason, "unknown field");
 }
+
+#[test]
+fn url_decoding_matches_percent_encoding() {
+    for text in [
+        "a+b%20c",
+        "%2B+%2b",
+        "100%",
+        "%zz%4",
+        "%e2%82%ac+x",
+        "plain",
+        "+%",
+        "%%41",
+        "",
+    ] {
+        let expected: Vec<u8> = text
+            .split('+')
+            .map(|part| percent_encoding::percent_decode_str(part).collect::<Vec<u8>>())
+            .collect::<Vec<_>>()
+            .join(&b' ');
+        let mut decoded = Vec::new();
+        super::coerce::url_decode_into(text.as_bytes(), &mut decoded);
+        assert_eq!(decoded, expected, "{text:?}");
+    }
+}
