@@ -99,15 +99,29 @@ struct Delivered {
 }
 
 impl DeliveryOptions {
-    /// Wraps a Native body in ClickHouse's compressed-block framing as configured; returns the
-    /// body and whether it is framed (`decompress=1`).
-    fn frame(&self, native: Vec<u8>) -> (Vec<u8>, bool) {
+    /// The insert body of `batch`: its Native block, in ClickHouse's compressed-block framing
+    /// as configured; and whether it is framed (`decompress=1`). The block is framed a column at
+    /// a time, so the uncompressed block is never held whole.
+    fn encode(
+        &self,
+        columns: &[encode::NativeColumn<'_>],
+        batch: &RecordBatch,
+    ) -> Result<(Vec<u8>, bool), encode::EncodeError> {
+        let mut body = Vec::new();
         match self.compression {
-            Compression::None => (native, false),
+            Compression::None => {
+                encode::write_native_block(columns, batch, &mut body)?;
+                Ok((body, false))
+            }
             compression => {
-                let mut framed = Vec::with_capacity(native.len() / 2);
-                encode::write_compressed_frames(&native, compression, self.zstd_level, &mut framed);
-                (framed, true)
+                let mut frames = encode::FrameEncoder::new(compression, self.zstd_level);
+                encode::write_native_block_chunked(
+                    columns,
+                    batch,
+                    encode::MAX_FRAME_INPUT_BYTES,
+                    |piece| frames.write(piece, &mut body),
+                )?;
+                Ok((body, true))
             }
         }
     }
@@ -264,6 +278,7 @@ impl Pipeline {
                 let worker = AccumulatorThread {
                     spool: delivered.spool.clone(),
                     fallback,
+                    sort_key: encode::SortKey::of(&table_schema),
                     schema: table_schema.clone(),
                     arrow_schema: arrow_schema.clone(),
                     target: target.clone(),
@@ -276,9 +291,10 @@ impl Pipeline {
                     delivery,
                 };
                 let name = format!("acc-{}-v{}", table_schema.stream, table_schema.version);
-                let thread = std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || worker.run());
+                let thread = std::thread::Builder::new().name(name).spawn(move || {
+                    yield_to_requests();
+                    worker.run()
+                });
                 thread.map(|handle| {
                     (
                         handle,
@@ -401,6 +417,13 @@ impl StreamVersion {
         }
     }
 
+    /// Whether a new batch is all but sure to be refused: the queue is full, or less than a
+    /// sixteenth of the in-flight memory bound is left (more than a usual batch needs).
+    pub fn saturated(&self) -> bool {
+        self.capacity.available_permits() == 0
+            || self.memory.available_permits() < (self.memory_total_kib as usize).div_ceil(16)
+    }
+
     /// Waits for a place in the queue and memory (spool replay at start).
     pub async fn reserve_waiting(&self, bytes: usize) -> Reservation {
         let queue = self.capacity.clone().acquire_owned().await;
@@ -505,6 +528,19 @@ impl StreamVersion {
 }
 
 /// FNV-1a, 64 bits: a stable hash of a batch id (the same in every build and on every node).
+/// Lowers the calling thread's scheduling priority (nice +10, Linux: per thread). The
+/// accumulator and rollup threads sort, encode and compress whole inserts, bursts of 100 ms
+/// and more; requests waiting for their answer should not queue behind them for a core. The
+/// rows still get out: a lower priority only yields a busy core, it never starves.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; a failure leaves the priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
@@ -559,9 +595,10 @@ fn start_rollup(
         shard_map,
     };
     let name = format!("rollup-{}", rollup.name);
-    let handle = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || worker.run())?;
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        yield_to_requests();
+        worker.run()
+    })?;
     Ok((
         handle,
         Lane {
@@ -675,17 +712,18 @@ impl RollupThread {
             .iter()
             .map(|(name, ch_type)| encode::NativeColumn { name, ch_type })
             .collect();
-        let mut native = Vec::new();
-        if let Err(err) = encode::write_native_block(&columns, &batch, &mut native) {
-            tracing::error!(rollup = %rollup, error = %err, "encoding failed");
-            let error = SinkError::Permanent {
-                code: 0,
-                message: format!("encoding failed: {err}"),
-            };
-            settle(parts.iter().map(|(r, _)| r), &Err(error), None);
-            return;
-        }
-        let (body, framed) = self.delivery.frame(native);
+        let (body, framed) = match self.delivery.encode(&columns, &batch) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                tracing::error!(rollup = %rollup, error = %err, "encoding failed");
+                let error = SinkError::Permanent {
+                    code: 0,
+                    message: format!("encoding failed: {err}"),
+                };
+                settle(parts.iter().map(|(r, _)| r), &Err(error), None);
+                return;
+            }
+        };
         metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
             .record(started.elapsed().as_secs_f64());
         let request = InsertRequest {
@@ -715,6 +753,8 @@ impl RollupThread {
 struct AccumulatorThread {
     spool: Option<Arc<Spool>>,
     fallback: Option<Arc<Fallback>>,
+    /// The table's sorting key, when inserts can be sent in its order (see [`encode::order`]).
+    sort_key: Option<encode::SortKey>,
     schema: Arc<Schema>,
     arrow_schema: SchemaRef,
     target: Arc<TableTarget>,
@@ -833,9 +873,13 @@ impl AccumulatorThread {
     ) -> anyhow::Result<InsertRequest> {
         let columns = encode::native_columns(&self.schema);
         let merged;
-        let batch = match batches {
-            [single] => *single,
-            _ => {
+        let batch = match (batches, &self.sort_key) {
+            (_, Some(key)) => {
+                merged = key.sorted(&self.arrow_schema, batches)?;
+                &merged
+            }
+            ([single], None) => *single,
+            (_, None) => {
                 merged = arrow_select::concat::concat_batches(
                     &self.arrow_schema,
                     batches.iter().copied(),
@@ -843,9 +887,7 @@ impl AccumulatorThread {
                 &merged
             }
         };
-        let mut native = Vec::with_capacity(batch.get_array_memory_size());
-        encode::write_native_block(&columns, batch, &mut native)?;
-        let (body, framed) = self.delivery.frame(native);
+        let (body, framed) = self.delivery.encode(&columns, batch)?;
         Ok(InsertRequest {
             target: self.target.clone(),
             body: Bytes::from(body),

@@ -55,18 +55,40 @@ pub fn write_compressed_frames(
     zstd_level: i32,
     out: &mut Vec<u8>,
 ) {
-    // One zstd context for all frames of the body.
-    let mut zstd = match compression {
-        Compression::Zstd => Some(
-            zstd::bulk::Compressor::new(zstd_level)
-                .unwrap_or_else(|err| panic!("zstd context at level {zstd_level}: {err}")),
-        ),
-        Compression::None | Compression::Lz4 => None,
-    };
-    for input in native.chunks(MAX_FRAME_INPUT_BYTES) {
+    FrameEncoder::new(compression, zstd_level).write(native, out);
+}
+
+/// Frames Native bytes as they come: one compression context for all the frames of a body.
+/// Pieces given to [`FrameEncoder::write`] in turn frame as their concatenation would when each
+/// piece but the last is a multiple of [`MAX_FRAME_INPUT_BYTES`] long.
+pub struct FrameEncoder {
+    compression: Compression,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl FrameEncoder {
+    pub fn new(compression: Compression, zstd_level: i32) -> FrameEncoder {
+        let zstd = match compression {
+            Compression::Zstd => Some(
+                zstd::bulk::Compressor::new(zstd_level)
+                    .unwrap_or_else(|err| panic!("zstd context at level {zstd_level}: {err}")),
+            ),
+            Compression::None | Compression::Lz4 => None,
+        };
+        FrameEncoder { compression, zstd }
+    }
+
+    /// Appends the frames of `native` to `out`.
+    pub fn write(&mut self, native: &[u8], out: &mut Vec<u8>) {
+        for input in native.chunks(MAX_FRAME_INPUT_BYTES) {
+            self.write_frame(input, out);
+        }
+    }
+
+    fn write_frame(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let frame_start = out.len();
         let payload_start = frame_start + CHECKSUM_BYTES + HEADER_BYTES;
-        let method = match (&mut zstd, compression) {
+        let method = match (&mut self.zstd, self.compression) {
             (Some(zstd), _) => {
                 out.resize(
                     payload_start + zstd::zstd_safe::compress_bound(input.len()),

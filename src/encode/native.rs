@@ -29,7 +29,6 @@
 //! dictionary borrows its keys from the array and its scratch space is reused across the
 //! block's columns.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use arrow_array::cast::AsArray;
@@ -39,6 +38,8 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
+// foldhash: one lookup per row of every LowCardinality column.
+use hashbrown::HashMap;
 
 use crate::schema::ChType;
 
@@ -99,17 +100,44 @@ pub fn write_native_block(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = write_block(columns, batch, out);
+    let result = write_block(columns, batch, out, &mut |_| {});
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
+/// Writes one Native block for `batch` in pieces: `emit` receives every `chunk_bytes` of it in
+/// order (the last piece may be shorter), so no more than about one column is held at once,
+/// not the whole block. The pieces joined are the bytes [`write_native_block`] writes. On error
+/// some pieces may have been emitted already.
+pub fn write_native_block_chunked(
+    columns: &[NativeColumn<'_>],
+    batch: &RecordBatch,
+    chunk_bytes: usize,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), EncodeError> {
+    assert!(chunk_bytes > 0, "chunk_bytes must be positive");
+    let mut buffer = Vec::new();
+    let mut drain = |buffer: &mut Vec<u8>| {
+        let whole = buffer.len() - buffer.len() % chunk_bytes;
+        for chunk in buffer[..whole].chunks(chunk_bytes) {
+            emit(chunk);
+        }
+        buffer.drain(..whole);
+    };
+    write_block(columns, batch, &mut buffer, &mut drain)?;
+    if !buffer.is_empty() {
+        emit(&buffer);
+    }
+    Ok(())
+}
+
 fn write_block(
     columns: &[NativeColumn<'_>],
     batch: &RecordBatch,
     out: &mut Vec<u8>,
+    after_column: &mut dyn FnMut(&mut Vec<u8>),
 ) -> Result<(), EncodeError> {
     if columns.len() != batch.num_columns() {
         return Err(EncodeError::ColumnCount {
@@ -131,6 +159,7 @@ fn write_block(
         if rows > 0 {
             write_column_data(column, column.ch_type, array, &mut scratch, out)?;
         }
+        after_column(out);
     }
     Ok(())
 }
