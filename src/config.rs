@@ -185,6 +185,11 @@ pub struct Limits {
     /// (Arrow size). Past it new batches are answered 503 until inserts catch up.
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    /// How long a request whose stream is at `max_in_flight_bytes` (or its queue is full) waits
+    /// for room before it is decoded, in milliseconds; then 503. Waiting slows senders to the
+    /// rate ClickHouse takes instead of answering them 503 at once; 0 refuses at once.
+    #[serde(default = "default_overload_wait_ms")]
+    pub overload_wait_ms: u64,
     /// Bodies decompressed and validated at once (each up to `max_decompressed_bytes`); more
     /// requests wait. Default: twice the CPU count.
     #[serde(default = "default_max_concurrent_decodes")]
@@ -261,6 +266,7 @@ impl Default for Limits {
             request_timeout_secs: default_request_timeout_secs(),
             max_errors_reported: default_max_errors_reported(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
+            overload_wait_ms: default_overload_wait_ms(),
             max_concurrent_decodes: default_max_concurrent_decodes(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
             max_line_bytes: default_max_line_bytes(),
@@ -519,7 +525,10 @@ fn default_max_errors_reported() -> usize {
     100
 }
 fn default_max_in_flight_bytes() -> usize {
-    1 << 30
+    96 << 20
+}
+fn default_overload_wait_ms() -> u64 {
+    1000
 }
 fn default_max_concurrent_decodes() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
@@ -585,7 +594,7 @@ fn default_batch_rows() -> usize {
     100_000
 }
 fn default_batch_bytes() -> usize {
-    16 << 20
+    64 << 20
 }
 fn default_batch_age_ms() -> u64 {
     1000

@@ -206,6 +206,9 @@ struct Seen {
 /// Bodies larger than this are hashed for a signature check off the async workers.
 const SIGNATURE_HASH_INLINE_BYTES: usize = 256 << 10;
 
+/// How often a request waiting for in-flight room looks again (`limits.overload_wait_ms`).
+const OVERLOAD_POLL: Duration = Duration::from_millis(5);
+
 /// `seen` receives what the answer's log line and metrics report.
 async fn handle(
     state: &AppState,
@@ -281,6 +284,15 @@ async fn handle(
         "principal" => principal.name().to_string())
     .increment(bytes.len() as u64);
     seen.wire_bytes = bytes.len();
+    // Under overload, wait for room before decoding, then refuse: the CPU goes to the inserts
+    // that drain the backlog, not to bodies that would be refused after all.
+    let waiting_since = Instant::now();
+    while version.saturated() {
+        if waiting_since.elapsed() >= Duration::from_millis(config.limits.overload_wait_ms) {
+            return Err(submit_error(SubmitError::Overloaded));
+        }
+        tokio::time::sleep(OVERLOAD_POLL).await;
+    }
     if verified.signed() {
         let body_hash = if bytes.len() <= SIGNATURE_HASH_INLINE_BYTES {
             signature::body_hash(&bytes)
