@@ -147,38 +147,21 @@ fn column_key(arrays: &[&ArrayRef], rows: usize) -> Result<Vec<u64>, ArrowError>
         Some(data_type) => {
             for array in arrays {
                 let array = array.as_ref();
-                macro_rules! unsigned {
-                    ($t:ty) => {
-                        key.extend(
-                            array
-                                .as_primitive::<$t>()
-                                .values()
-                                .iter()
-                                .map(|&v| v as u64),
-                        )
-                    };
-                }
-                // Signed values shifted so that their order is the unsigned order.
-                macro_rules! signed {
-                    ($t:ty) => {
-                        key.extend(
-                            array
-                                .as_primitive::<$t>()
-                                .values()
-                                .iter()
-                                .map(|&v| (v as i64 as u64) ^ (1 << 63)),
-                        )
+                // Each value as a u64 in the same order: signed values are shifted by 2^63.
+                macro_rules! keys {
+                    ($t:ty, $key:expr) => {
+                        key.extend(array.as_primitive::<$t>().values().iter().map($key))
                     };
                 }
                 match data_type {
-                    DataType::UInt8 => unsigned!(UInt8Type),
-                    DataType::UInt16 => unsigned!(UInt16Type),
-                    DataType::UInt32 => unsigned!(UInt32Type),
-                    DataType::UInt64 => unsigned!(UInt64Type),
-                    DataType::Int8 => signed!(Int8Type),
-                    DataType::Int16 => signed!(Int16Type),
-                    DataType::Int32 => signed!(Int32Type),
-                    DataType::Int64 => signed!(Int64Type),
+                    DataType::UInt8 => keys!(UInt8Type, |&v| v as u64),
+                    DataType::UInt16 => keys!(UInt16Type, |&v| v as u64),
+                    DataType::UInt32 => keys!(UInt32Type, |&v| v as u64),
+                    DataType::UInt64 => keys!(UInt64Type, |&v| v),
+                    DataType::Int8 => keys!(Int8Type, |&v| (v as i64 as u64) ^ (1 << 63)),
+                    DataType::Int16 => keys!(Int16Type, |&v| (v as i64 as u64) ^ (1 << 63)),
+                    DataType::Int32 => keys!(Int32Type, |&v| (v as i64 as u64) ^ (1 << 63)),
+                    DataType::Int64 => keys!(Int64Type, |&v| (v as u64) ^ (1 << 63)),
                     other => {
                         return Err(ArrowError::InvalidArgumentError(format!(
                             "cannot order rows by a {other} column"
