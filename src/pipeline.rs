@@ -527,7 +527,6 @@ impl StreamVersion {
     }
 }
 
-/// FNV-1a, 64 bits: a stable hash of a batch id (the same in every build and on every node).
 /// Lowers the calling thread's scheduling priority (nice +10, Linux: per thread). The
 /// accumulator and rollup threads sort, encode and compress whole inserts, bursts of 100 ms
 /// and more; requests waiting for their answer should not queue behind them for a core. The
@@ -541,6 +540,7 @@ fn yield_to_requests() {
     }
 }
 
+/// FNV-1a, 64 bits: a stable hash of a batch id (the same in every build and on every node).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
