@@ -287,6 +287,22 @@ mod tests {
     }
 
     #[test]
+    fn entries_of_sha256_versions_are_dropped_and_new_ones_read_back() {
+        let key = Key {
+            principal: "p".to_string(),
+            stream: "s".to_string(),
+            batch_id: "b".to_string(),
+        };
+        let line = format_line(7, &key, &digest(b"body"));
+        assert_eq!(
+            parse_line(line.trim_end()),
+            Some((7, key.clone(), digest(b"body")))
+        );
+        let old = format!("7\t{}\tp\ts\tb", "ab".repeat(32));
+        assert_eq!(parse_line(&old), None);
+    }
+
+    #[test]
     fn duplicates_conflicts_and_released_claims() {
         let rt = rt();
         let store = DedupStore::open(None, Duration::from_secs(60), 1000).unwrap();

@@ -268,6 +268,23 @@ mod tests {
     }
 
     #[test]
+    fn pieces_of_whole_frames_frame_as_their_concatenation() {
+        let native: Vec<u8> = (0..MAX_FRAME_INPUT_BYTES * 2 + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for compression in [Compression::Lz4, Compression::Zstd, Compression::None] {
+            let mut whole = Vec::new();
+            write_compressed_frames(&native, compression, 1, &mut whole);
+            let mut encoder = FrameEncoder::new(compression, 1);
+            let mut pieces = Vec::new();
+            for piece in native.chunks(MAX_FRAME_INPUT_BYTES) {
+                encoder.write(piece, &mut pieces);
+            }
+            assert_eq!(pieces, whole, "{compression:?}");
+        }
+    }
+
+    #[test]
     fn empty_input_gives_no_frames() {
         let mut out = Vec::new();
         write_compressed_frames(&[], Compression::Zstd, 1, &mut out);

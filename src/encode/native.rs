@@ -581,6 +581,63 @@ mod tests {
     }
 
     #[test]
+    fn a_block_written_in_pieces_is_the_block_written_whole() {
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "s",
+                Arc::new(StringArray::from(vec!["alpha", "", "gamma-delta", "é"])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(UInt64Array::from(vec![1, 2, 3, u64::MAX])) as ArrayRef,
+            ),
+            (
+                "lc",
+                Arc::new(StringArray::from(vec!["x", "y", "x", "x"])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let (string, uint, low) = (
+            ChType::String,
+            ChType::UInt64,
+            ChType::LowCardinality(Box::new(ChType::String)),
+        );
+        let columns = [
+            NativeColumn {
+                name: "s",
+                ch_type: &string,
+            },
+            NativeColumn {
+                name: "n",
+                ch_type: &uint,
+            },
+            NativeColumn {
+                name: "lc",
+                ch_type: &low,
+            },
+        ];
+        let mut whole = Vec::new();
+        write_native_block(&columns, &batch, &mut whole).unwrap();
+        for chunk_bytes in [1, 7, 64, whole.len(), whole.len() + 1] {
+            let mut pieces: Vec<Vec<u8>> = Vec::new();
+            write_native_block_chunked(&columns, &batch, chunk_bytes, |piece| {
+                pieces.push(piece.to_vec())
+            })
+            .unwrap();
+            let (last, full) = pieces.split_last().unwrap();
+            assert!(
+                full.iter().all(|p| p.len() == chunk_bytes),
+                "chunk {chunk_bytes}"
+            );
+            assert!(
+                !last.is_empty() && last.len() <= chunk_bytes,
+                "chunk {chunk_bytes}"
+            );
+            assert_eq!(pieces.concat(), whole, "chunk {chunk_bytes}");
+        }
+    }
+
+    #[test]
     fn block_header_and_primitive_column() {
         let out = encode(
             &[("c", "UInt16")],
