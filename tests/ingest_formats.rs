@@ -147,6 +147,26 @@ async fn every_format_lands_the_rows_it_carries() {
         ))
         .await;
     assert_eq!(logged[0]["rows"], "1600", "{logged:?}");
+    // The rows went out in the table's ORDER BY order: ClickHouse wrote every block of every
+    // insert without sorting it (the generator's hosts come in random order).
+    let event = |name: &str| {
+        format!(
+            "sumArray(arrayMap((n, v) -> if(n = '{name}', v, 0), ProfileEvents.Names, \
+             ProfileEvents.Values))"
+        )
+    };
+    let blocks = server
+        .clickhouse
+        .rows(&format!(
+            "SELECT {} AS blocks, {} AS sorted FROM system.query_log WHERE type = 2 \
+             AND query_id LIKE 'sluice-%' AND query LIKE 'INSERT INTO {}.edge_access %'",
+            event("MergeTreeDataWriterBlocks"),
+            event("MergeTreeDataWriterBlocksAlreadySorted"),
+            server.clickhouse.database
+        ))
+        .await;
+    assert_ne!(blocks[0]["blocks"], "0", "{blocks:?}");
+    assert_eq!(blocks[0]["sorted"], blocks[0]["blocks"], "{blocks:?}");
     for (row, principal) in &sent {
         let got = landed
             .get(&row.req_id)
