@@ -60,17 +60,26 @@ impl SortKey {
                 column_key(&arrays, rows)
             })
             .collect::<Result<_, _>>()?;
-        let mut order: Vec<u32> = (0..rows as u32).collect();
-        let in_order = |a: u32, b: u32| {
-            keys.iter()
-                .map(|key| key[a as usize].cmp(&key[b as usize]))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal)
+        let order = match packed_order(&keys, rows) {
+            Some(None) => {
+                return arrow_select::concat::concat_batches(schema, batches.iter().copied());
+            }
+            Some(Some(order)) => order,
+            None => {
+                let mut order: Vec<u32> = (0..rows as u32).collect();
+                let in_order = |a: u32, b: u32| {
+                    keys.iter()
+                        .map(|key| key[a as usize].cmp(&key[b as usize]))
+                        .find(|o| o.is_ne())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                };
+                if order.is_sorted_by(|&a, &b| in_order(a, b).is_le()) {
+                    return arrow_select::concat::concat_batches(schema, batches.iter().copied());
+                }
+                order.sort_by(|&a, &b| in_order(a, b));
+                order
+            }
         };
-        if order.is_sorted_by(|&a, &b| in_order(a, b).is_le()) {
-            return arrow_select::concat::concat_batches(schema, batches.iter().copied());
-        }
-        order.sort_by(|&a, &b| in_order(a, b));
         // Global row number → (batch, row in batch).
         let mut starts = Vec::with_capacity(batches.len());
         let mut start = 0;
@@ -95,6 +104,42 @@ impl SortKey {
             .collect::<Result<Vec<ArrayRef>, _>>()?;
         RecordBatch::try_new(schema.clone(), columns)
     }
+}
+
+/// The row order when every key column, less its smallest value, fits into 96 bits together:
+/// each row becomes one `u128` (the key columns, most significant first, then the row number,
+/// which keeps ties in arrival order) and an unstable sort of those is the stable sort by key.
+/// `Some(None)`: the rows are in order already. `None`: the keys are too wide to pack.
+fn packed_order(keys: &[Vec<u64>], rows: usize) -> Option<Option<Vec<u32>>> {
+    let mut ranges = Vec::with_capacity(keys.len());
+    let mut bits = 0u32;
+    for key in keys {
+        let (min, max) = key
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let width = 64 - max.saturating_sub(min).leading_zeros();
+        bits += width;
+        ranges.push((min, width));
+    }
+    if bits > 96 {
+        return None;
+    }
+    let mut packed: Vec<u128> = (0..rows as u128).collect();
+    for (key, &(min, width)) in keys.iter().zip(&ranges) {
+        if width == 0 {
+            continue;
+        }
+        for (p, &v) in packed.iter_mut().zip(key) {
+            // The row number stays in the low 32 bits; the key columns shift in above it.
+            let row = *p & u32::MAX as u128;
+            *p = ((((*p >> 32) << width) | (v - min) as u128) << 32) | row;
+        }
+    }
+    if packed.is_sorted() {
+        return Some(None);
+    }
+    packed.sort_unstable();
+    Some(Some(packed.into_iter().map(|p| p as u32).collect()))
 }
 
 fn orderable(ch_type: &ChType) -> bool {
@@ -245,6 +290,61 @@ mod tests {
                 .values()
                 .to_vec(),
             [-2, 3]
+        );
+    }
+
+    #[test]
+    fn packed_keys_give_the_stable_order_of_the_columns() {
+        // xorshift: keys with many ties, offsets far from zero, a column of one value.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let rows = 5000;
+        let keys: Vec<Vec<u64>> = vec![
+            (0..rows).map(|_| 1_000_000 + next() % 7).collect(),
+            (0..rows).map(|_| 42).collect(),
+            (0..rows).map(|_| (1 << 63) + next() % 100_000).collect(),
+        ];
+        let mut expected: Vec<u32> = (0..rows as u32).collect();
+        expected.sort_by_key(|&r| (keys[0][r as usize], keys[2][r as usize]));
+        assert_eq!(packed_order(&keys, rows), Some(Some(expected)));
+        // Already in order: nothing to permute.
+        let sorted: Vec<Vec<u64>> = vec![(0..rows as u64).map(|v| v / 10).collect()];
+        assert_eq!(packed_order(&sorted, rows), Some(None));
+        // Two full-width columns need 128 bits: the comparison sort takes over.
+        let wide: Vec<Vec<u64>> = vec![vec![0, u64::MAX], vec![u64::MAX, 0]];
+        assert_eq!(packed_order(&wide, 2), None);
+    }
+
+    #[test]
+    fn wide_keys_are_sorted_too() {
+        let schema: SchemaRef = Arc::new(ArrowSchema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow_array::Int64Array::from(vec![i64::MAX, i64::MIN, i64::MIN])),
+                Arc::new(arrow_array::UInt64Array::from(vec![0, u64::MAX, 0])),
+            ],
+        )
+        .unwrap();
+        let key = SortKey {
+            columns: vec![0, 1],
+        };
+        let sorted = key.sorted(&schema, &[&batch]).unwrap();
+        assert_eq!(
+            sorted.column(1).as_primitive::<UInt64Type>().values().to_vec(),
+            [0, u64::MAX, 0]
+        );
+        assert_eq!(
+            sorted.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            [i64::MIN, i64::MIN, i64::MAX]
         );
     }
 
