@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -105,19 +104,19 @@ impl DeliveryOptions {
     fn encode(
         &self,
         columns: &[encode::NativeColumn<'_>],
-        batch: &RecordBatch,
+        rows: encode::BlockRows<'_>,
     ) -> Result<(Vec<u8>, bool), encode::EncodeError> {
         let mut body = Vec::new();
         match self.compression {
             Compression::None => {
-                encode::write_native_block(columns, batch, &mut body)?;
+                encode::write_native_block(columns, rows, &mut body)?;
                 Ok((body, false))
             }
             compression => {
                 let mut frames = encode::FrameEncoder::new(compression, self.zstd_level);
                 encode::write_native_block_chunked(
                     columns,
-                    batch,
+                    rows,
                     encode::MAX_FRAME_INPUT_BYTES,
                     |piece| frames.write(piece, &mut body),
                 )?;
@@ -256,9 +255,7 @@ impl Pipeline {
                 .map_err(|err| anyhow::anyhow!("streams ({}): {err}", schema.stream))?;
             let compiled = Arc::new(compiled);
             // One accumulator for the stream's table, one for its quarantine table.
-            let lane = |table_schema: &Arc<Schema>,
-                        arrow_schema: &SchemaRef,
-                        fallback: Option<Arc<Fallback>>| {
+            let lane = |table_schema: &Arc<Schema>, fallback: Option<Arc<Fallback>>| {
                 // Unbounded: the semaphore bounds it, so that a place can be taken before the
                 // batch is spooled.
                 let (submissions, receiver) = crossbeam_channel::unbounded();
@@ -280,7 +277,6 @@ impl Pipeline {
                     fallback,
                     sort_key: encode::SortKey::of(&table_schema),
                     schema: table_schema.clone(),
-                    arrow_schema: arrow_schema.clone(),
                     target: target.clone(),
                     receiver,
                     inserts: insert_tx.clone(),
@@ -305,16 +301,12 @@ impl Pipeline {
                     )
                 })
             };
-            let (quarantine_thread, quarantine) = lane(
-                &compiled.quarantine,
-                &compiled.quarantine_arrow_schema,
-                None,
-            )?;
+            let (quarantine_thread, quarantine) = lane(&compiled.quarantine, None)?;
             let fallback = Arc::new(Fallback {
                 compiled: compiled.clone(),
                 quarantine: quarantine.submissions.clone(),
             });
-            let (raw_thread, raw) = lane(schema, &compiled.arrow_schema, Some(fallback))?;
+            let (raw_thread, raw) = lane(schema, Some(fallback))?;
             accumulators.extend([raw_thread, quarantine_thread]);
             let mode = stream_config.map(|s| s.mode).unwrap_or_default();
             let raw_sample = stream_config.map_or(1.0, |s| s.raw_sample);
@@ -712,7 +704,7 @@ impl RollupThread {
             .iter()
             .map(|(name, ch_type)| encode::NativeColumn { name, ch_type })
             .collect();
-        let (body, framed) = match self.delivery.encode(&columns, &batch) {
+        let (body, framed) = match self.delivery.encode(&columns, (&batch).into()) {
             Ok(encoded) => encoded,
             Err(err) => {
                 tracing::error!(rollup = %rollup, error = %err, "encoding failed");
@@ -756,7 +748,6 @@ struct AccumulatorThread {
     /// The table's sorting key, when inserts can be sent in its order (see [`encode::order`]).
     sort_key: Option<encode::SortKey>,
     schema: Arc<Schema>,
-    arrow_schema: SchemaRef,
     target: Arc<TableTarget>,
     receiver: crossbeam_channel::Receiver<Submission>,
     inserts: mpsc::Sender<EncodedInsert>,
@@ -872,22 +863,25 @@ impl AccumulatorThread {
         shard: usize,
     ) -> anyhow::Result<InsertRequest> {
         let columns = encode::native_columns(&self.schema);
-        let merged;
-        let batch = match (batches, &self.sort_key) {
-            (_, Some(key)) => {
-                merged = key.sorted(&self.arrow_schema, batches)?;
-                &merged
-            }
-            ([single], None) => *single,
+        // The requests' rows in the table's order, read from their batches as the block is
+        // written: neither joined nor sorted into a copy first.
+        let order = match &self.sort_key {
+            Some(key) => key.order(batches)?,
+            None => None,
+        };
+        let sequence;
+        let block = match (batches, &order) {
+            ([single], None) => encode::BlockRows::Batch(single),
+            (_, Some(order)) => encode::BlockRows::Gathered { batches, order },
             (_, None) => {
-                merged = arrow_select::concat::concat_batches(
-                    &self.arrow_schema,
-                    batches.iter().copied(),
-                )?;
-                &merged
+                sequence = encode::in_sequence(batches);
+                encode::BlockRows::Gathered {
+                    batches,
+                    order: &sequence,
+                }
             }
         };
-        let (body, framed) = self.delivery.encode(&columns, batch)?;
+        let (body, framed) = self.delivery.encode(&columns, block)?;
         Ok(InsertRequest {
             target: self.target.clone(),
             body: Bytes::from(body),

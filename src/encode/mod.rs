@@ -22,8 +22,10 @@ pub mod native;
 pub mod order;
 
 pub use frame::{Compression, FrameEncoder, MAX_FRAME_INPUT_BYTES, write_compressed_frames};
-pub use native::{EncodeError, NativeColumn, write_native_block, write_native_block_chunked};
-pub use order::SortKey;
+pub use native::{
+    BlockRows, EncodeError, NativeColumn, write_native_block, write_native_block_chunked,
+};
+pub use order::{SortKey, in_sequence};
 
 /// The Native columns of a schema's table, in order.
 pub fn native_columns(schema: &crate::schema::Schema) -> Vec<NativeColumn<'_>> {

@@ -24,6 +24,11 @@
 //! array's own offsets. A column that may not hold NULL but whose array has nulls is refused
 //! rather than written as zero or `""`, so a validator bug cannot silently change data.
 //!
+//! The rows of a block are one batch as it is, or rows of several batches in a given order
+//! ([`BlockRows::Gathered`]: the table's `ORDER BY` order). Gathered string columns, plain and
+//! LowCardinality, are copied from the batches straight into the block; other columns are
+//! gathered a column at a time, so the reordered rows are never held whole.
+//!
 //! Hot path: nothing is allocated per row. Fixed-width columns are one `extend_from_slice`;
 //! strings are copied straight from Arrow's value buffer into `out`; the LowCardinality
 //! dictionary borrows its keys from the array and its scratch space is reused across the
@@ -83,6 +88,36 @@ pub enum EncodeError {
     },
     #[error("column {column:?}: {rows} rows are more than one LowCardinality block can index")]
     TooManyRows { column: String, rows: usize },
+    #[error("column {column:?}: the rows cannot be gathered: {message}")]
+    Gather { column: String, message: String },
+}
+
+/// The rows of one Native block.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockRows<'a> {
+    /// A batch's rows as they are.
+    Batch(&'a RecordBatch),
+    /// Rows of batches of one schema in this order: `(batch, row)` pairs, as
+    /// `arrow_select::interleave` takes them.
+    Gathered {
+        batches: &'a [&'a RecordBatch],
+        order: &'a [(usize, usize)],
+    },
+}
+
+impl<'a> From<&'a RecordBatch> for BlockRows<'a> {
+    fn from(batch: &'a RecordBatch) -> BlockRows<'a> {
+        BlockRows::Batch(batch)
+    }
+}
+
+impl BlockRows<'_> {
+    fn num_rows(&self) -> usize {
+        match self {
+            BlockRows::Batch(batch) => batch.num_rows(),
+            BlockRows::Gathered { order, .. } => order.len(),
+        }
+    }
 }
 
 /// Key version of the LowCardinality serialization ("shared dictionaries with additional keys").
@@ -91,29 +126,30 @@ const LOW_CARDINALITY_KEY_VERSION: u64 = 1;
 /// writes them; the low byte is the index width (0 = UInt8 … 3 = UInt64).
 const LOW_CARDINALITY_FLAGS: u64 = 0x600;
 
-/// Appends one Native block (header and all columns) for `batch` to `out`.
+/// Appends one Native block (header and all columns) of `rows` (a `&RecordBatch` or
+/// [`BlockRows`]) to `out`.
 ///
 /// On error `out` is left as it was.
-pub fn write_native_block(
+pub fn write_native_block<'a>(
     columns: &[NativeColumn<'_>],
-    batch: &RecordBatch,
+    rows: impl Into<BlockRows<'a>>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = write_block(columns, batch, out, &mut |_| {});
+    let result = write_block(columns, rows.into(), out, &mut |_| {});
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-/// Writes one Native block for `batch` in pieces: `emit` receives every `chunk_bytes` of it in
+/// Writes one Native block of `rows` in pieces: `emit` receives every `chunk_bytes` of it in
 /// order (the last piece may be shorter), so no more than about one column is held at once,
 /// not the whole block. The pieces joined are the bytes [`write_native_block`] writes. On error
 /// some pieces may have been emitted already.
-pub fn write_native_block_chunked(
+pub fn write_native_block_chunked<'a>(
     columns: &[NativeColumn<'_>],
-    batch: &RecordBatch,
+    rows: impl Into<BlockRows<'a>>,
     chunk_bytes: usize,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<(), EncodeError> {
@@ -126,42 +162,115 @@ pub fn write_native_block_chunked(
         }
         buffer.drain(..whole);
     };
-    write_block(columns, batch, &mut buffer, &mut drain)?;
+    write_block(columns, rows.into(), &mut buffer, &mut drain)?;
     if !buffer.is_empty() {
         emit(&buffer);
     }
     Ok(())
 }
 
-fn write_block(
+fn write_block<'a>(
     columns: &[NativeColumn<'_>],
-    batch: &RecordBatch,
+    block: BlockRows<'a>,
     out: &mut Vec<u8>,
     after_column: &mut dyn FnMut(&mut Vec<u8>),
 ) -> Result<(), EncodeError> {
-    if columns.len() != batch.num_columns() {
+    let batches: &[&RecordBatch] = match &block {
+        BlockRows::Batch(batch) => std::slice::from_ref(batch),
+        BlockRows::Gathered { batches, .. } => batches,
+    };
+    if let Some(batch) = batches.iter().find(|b| b.num_columns() != columns.len()) {
         return Err(EncodeError::ColumnCount {
             described: columns.len(),
             batch: batch.num_columns(),
         });
     }
-    let rows = batch.num_rows();
+    let rows = block.num_rows();
     write_varint(out, columns.len() as u64);
     write_varint(out, rows as u64);
     let mut scratch = Scratch::default();
-    for (column, array) in columns.iter().zip(batch.columns()) {
-        let array = array.as_ref();
-        check_column(column, array)?;
+    let mut arrays: Vec<&'a dyn Array> = Vec::with_capacity(batches.len());
+    for (index, column) in columns.iter().enumerate() {
+        arrays.clear();
+        arrays.extend(batches.iter().map(|batch| batch.column(index).as_ref()));
+        for array in &arrays {
+            check_column(column, *array)?;
+        }
         write_string(out, column.name.as_bytes());
         scratch.type_name.clear();
         write!(scratch.type_name, "{}", column.ch_type).expect("writing to a String");
         write_string(out, scratch.type_name.as_bytes());
         if rows > 0 {
-            write_column_data(column, column.ch_type, array, &mut scratch, out)?;
+            match block {
+                BlockRows::Batch(_) => {
+                    write_column_data(column, column.ch_type, arrays[0], &mut scratch, out)?
+                }
+                BlockRows::Gathered { order, .. } => {
+                    write_gathered(column, &arrays, order, &mut scratch, out)?
+                }
+            }
         }
         after_column(out);
     }
     Ok(())
+}
+
+/// Writes the data of a column whose rows are `order` of `arrays`: strings are copied from the
+/// arrays into `out`, other types are gathered into one array first.
+fn write_gathered<'a>(
+    column: &NativeColumn<'_>,
+    arrays: &[&'a dyn Array],
+    order: &[(usize, usize)],
+    scratch: &mut Scratch<'a>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let strings = || -> Vec<&'a StringArray> { arrays.iter().map(|a| a.as_string()).collect() };
+    match column.ch_type {
+        ChType::String => write_gathered_strings(&strings(), order, out),
+        ChType::Nullable(inner) if **inner == ChType::String => {
+            out.extend(order.iter().map(|&(b, r)| u8::from(arrays[b].is_null(r))));
+            write_gathered_strings(&strings(), order, out);
+        }
+        ChType::LowCardinality(inner) => {
+            let strings = strings();
+            let values = order.iter().map(|&(b, r)| {
+                let array = strings[b];
+                (!array.is_null(r)).then(|| array.value(r))
+            });
+            write_low_cardinality(column, values, inner.is_nullable(), scratch, out)?;
+        }
+        ch_type => {
+            let array = arrow_select::interleave::interleave(arrays, order).map_err(|err| {
+                EncodeError::Gather {
+                    column: column.name.to_string(),
+                    message: err.to_string(),
+                }
+            })?;
+            write_column_data(
+                column,
+                ch_type,
+                array.as_ref(),
+                &mut Scratch::default(),
+                out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The strings at `order` of `strings` as Native strings.
+fn write_gathered_strings(strings: &[&StringArray], order: &[(usize, usize)], out: &mut Vec<u8>) {
+    let bytes: usize = strings
+        .iter()
+        .map(|s| {
+            let offsets = s.value_offsets();
+            (offsets[offsets.len() - 1] - offsets[0]) as usize
+        })
+        .sum();
+    out.reserve(bytes + order.len());
+    for &(batch, row) in order {
+        write_string(out, strings[batch].value(row).as_bytes());
+    }
 }
 
 /// Buffers reused across the columns of one block.
@@ -253,8 +362,13 @@ fn write_column_data<'a>(
             write_column_data(column, inner, array, scratch, out)?;
         }
         ChType::LowCardinality(inner) => {
-            let strings = array.as_string::<i32>();
-            write_low_cardinality(column, strings, inner.is_nullable(), scratch, out)?;
+            let strings: &'a StringArray = array.as_string::<i32>();
+            // check_column refused nulls unless the type is nullable.
+            let nulls = strings.nulls().filter(|nulls| nulls.null_count() > 0);
+            let values = (0..strings.len()).map(|row| {
+                (!nulls.is_some_and(|nulls| nulls.is_null(row))).then(|| strings.value(row))
+            });
+            write_low_cardinality(column, values, inner.is_nullable(), scratch, out)?;
         }
         ChType::String => {
             let strings = array.as_string::<i32>();
@@ -407,15 +521,16 @@ fn write_strings(offsets: &[i32], data: &[u8], out: &mut Vec<u8>) {
 
 /// LowCardinality(String) and LowCardinality(Nullable(String)): the dictionary of this block's
 /// distinct values (the reserved slots first, then the values in order of first appearance) and
-/// one index per row in the narrowest width that holds the largest index.
+/// one index per row in the narrowest width that holds the largest index. `values` has one item
+/// per row, `None` for NULL.
 fn write_low_cardinality<'a>(
     column: &NativeColumn<'_>,
-    strings: &'a StringArray,
+    values: impl ExactSizeIterator<Item = Option<&'a str>>,
     nullable: bool,
     scratch: &mut Scratch<'a>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    let rows = strings.len();
+    let rows = values.len();
     // Reserved keys: [NULL slot,] the default "". Every row can add at most one key.
     let reserved: u32 = if nullable { 2 } else { 1 };
     if rows > (u32::MAX - reserved) as usize {
@@ -435,14 +550,12 @@ fn write_low_cardinality<'a>(
     keys.clear();
     indexes.clear();
     indexes.reserve(rows);
-    let nulls = strings.nulls().filter(|nulls| nulls.null_count() > 0);
-    for row in 0..rows {
+    for value in values {
         // check_column refused nulls unless the type is nullable, so index 0 is the NULL slot.
-        if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+        let Some(value) = value else {
             indexes.push(0);
             continue;
-        }
-        let value = strings.value(row);
+        };
         let index = if value.is_empty() {
             default_index
         } else {
@@ -635,6 +748,98 @@ mod tests {
             );
             assert_eq!(pieces.concat(), whole, "chunk {chunk_bytes}");
         }
+    }
+
+    #[test]
+    fn a_gathered_block_is_the_block_of_the_reordered_rows() {
+        let columns = [
+            ("s", "String"),
+            ("ns", "Nullable(String)"),
+            ("lc", "LowCardinality(String)"),
+            ("lcn", "LowCardinality(Nullable(String))"),
+            ("n", "UInt32"),
+            ("nn", "Nullable(Int64)"),
+            ("a", "Array(String)"),
+            ("u", "UUID"),
+        ];
+        let types: Vec<ChType> = columns
+            .iter()
+            .map(|(_, ty)| ChType::parse(ty).unwrap())
+            .collect();
+        let native: Vec<NativeColumn<'_>> = columns
+            .iter()
+            .zip(&types)
+            .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
+            .collect();
+        let batch = |rows: &[(&str, Option<&str>, u32, Option<i64>)]| {
+            let arrays: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.0.get(..1).unwrap_or("")),
+                )),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.3))),
+                Arc::new(
+                    list(
+                        &rows
+                            .iter()
+                            .map(|r| vec![r.0; r.2 as usize % 3])
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(|v| v.as_slice())
+                            .collect::<Vec<_>>(),
+                    )
+                    .finish(),
+                ),
+                Arc::new(fixed(
+                    16,
+                    rows.iter()
+                        .map(|r| [r.2 as u8; 16])
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|v| v.as_slice()),
+                )),
+            ];
+            RecordBatch::try_from_iter(columns.iter().map(|(name, _)| *name).zip(arrays)).unwrap()
+        };
+        let a = batch(&[
+            ("bravo", Some("x"), 7, None),
+            ("alpha", None, 1, Some(-5)),
+            ("", Some(""), 2, Some(9)),
+        ]);
+        let b = batch(&[("charlie", Some("y"), 3, Some(1)), ("alpha", None, 4, None)]);
+        // The second batch sliced: its arrays do not start at offset 0.
+        let b = b.slice(0, 2);
+        let order = [(1, 1), (0, 1), (0, 0), (1, 0), (0, 2)];
+        let gathered = BlockRows::Gathered {
+            batches: &[&a, &b],
+            order: &order,
+        };
+        let reordered: Vec<ArrayRef> = (0..columns.len())
+            .map(|c| {
+                let arrays = [a.column(c).as_ref(), b.column(c).as_ref()];
+                arrow_select::interleave::interleave(&arrays, &order).unwrap()
+            })
+            .collect();
+        let reordered = RecordBatch::try_new(a.schema(), reordered).unwrap();
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        write_native_block(&native, &reordered, &mut expected).unwrap();
+        write_native_block(&native, gathered, &mut got).unwrap();
+        assert_eq!(got, expected);
+        // A NULL in a column that cannot hold one is refused in a gathered block too.
+        let mut strict = types.clone();
+        strict[1] = ChType::String;
+        let strict: Vec<NativeColumn<'_>> = columns
+            .iter()
+            .zip(&strict)
+            .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
+            .collect();
+        assert!(matches!(
+            write_native_block(&strict, gathered, &mut Vec::new()),
+            Err(EncodeError::UnexpectedNull { .. })
+        ));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use arrow_array::types::{
     Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, SchemaRef};
+use arrow_schema::{ArrowError, DataType};
 use hashbrown::HashMap;
 
 use crate::schema::{ChType, Schema};
@@ -45,12 +45,12 @@ impl SortKey {
         (!columns.is_empty()).then_some(SortKey { columns })
     }
 
-    /// One batch with the rows of `batches` in key order (ties in the order given).
-    pub fn sorted(
+    /// The rows of `batches` in key order (ties in the order given) as `(batch, row)` pairs;
+    /// `None` when they are in order already.
+    pub fn order(
         &self,
-        schema: &SchemaRef,
         batches: &[&RecordBatch],
-    ) -> Result<RecordBatch, ArrowError> {
+    ) -> Result<Option<Vec<(usize, usize)>>, ArrowError> {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let keys: Vec<Vec<u64>> = self
             .columns
@@ -61,9 +61,7 @@ impl SortKey {
             })
             .collect::<Result<_, _>>()?;
         let order = match packed_order(&keys, rows) {
-            Some(None) => {
-                return arrow_select::concat::concat_batches(schema, batches.iter().copied());
-            }
+            Some(None) => return Ok(None),
             Some(Some(order)) => order,
             None => {
                 let mut order: Vec<u32> = (0..rows as u32).collect();
@@ -74,7 +72,7 @@ impl SortKey {
                         .unwrap_or(std::cmp::Ordering::Equal)
                 };
                 if order.is_sorted_by(|&a, &b| in_order(a, b).is_le()) {
-                    return arrow_select::concat::concat_batches(schema, batches.iter().copied());
+                    return Ok(None);
                 }
                 order.sort_by(|&a, &b| in_order(a, b));
                 order
@@ -87,7 +85,7 @@ impl SortKey {
             starts.push(start);
             start += batch.num_rows();
         }
-        let indices: Vec<(usize, usize)> = order
+        let indices = order
             .iter()
             .map(|&row| {
                 let row = row as usize;
@@ -95,15 +93,17 @@ impl SortKey {
                 (batch, row - starts[batch])
             })
             .collect();
-        let columns = (0..schema.fields().len())
-            .map(|column| {
-                let arrays: Vec<&dyn Array> =
-                    batches.iter().map(|b| b.column(column).as_ref()).collect();
-                arrow_select::interleave::interleave(&arrays, &indices)
-            })
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-        RecordBatch::try_new(schema.clone(), columns)
+        Ok(Some(indices))
     }
+}
+
+/// Every row of `batches` in the order given, as `(batch, row)` pairs.
+pub fn in_sequence(batches: &[&RecordBatch]) -> Vec<(usize, usize)> {
+    batches
+        .iter()
+        .enumerate()
+        .flat_map(|(batch, b)| (0..b.num_rows()).map(move |row| (batch, row)))
+        .collect()
 }
 
 /// The row order when every key column, less its smallest value, fits into 96 bits together:
@@ -225,9 +225,25 @@ mod tests {
     use std::sync::Arc;
 
     use arrow_array::{Int8Array, StringArray, UInt32Array};
-    use arrow_schema::{Field, Schema as ArrowSchema};
+    use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 
     use super::*;
+
+    /// The rows of `batches` in `key`'s order, as one batch.
+    fn sort(key: &SortKey, schema: &SchemaRef, batches: &[&RecordBatch]) -> RecordBatch {
+        let order = key
+            .order(batches)
+            .unwrap()
+            .unwrap_or_else(|| in_sequence(batches));
+        let columns = (0..schema.fields().len())
+            .map(|column| {
+                let arrays: Vec<&dyn Array> =
+                    batches.iter().map(|b| b.column(column).as_ref()).collect();
+                arrow_select::interleave::interleave(&arrays, &order).unwrap()
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
 
     fn batch(schema: &SchemaRef, hosts: &[&str], times: &[u32], methods: &[i8]) -> RecordBatch {
         RecordBatch::try_new(
@@ -258,7 +274,7 @@ mod tests {
         let key = SortKey {
             columns: vec![0, 1],
         };
-        let sorted = key.sorted(&schema, &[&a, &b]).unwrap();
+        let sorted = sort(&key, &schema, &[&a, &b]);
         let hosts: Vec<&str> = sorted
             .column(0)
             .as_string::<i32>()
@@ -282,7 +298,7 @@ mod tests {
         // A negative enum value sorts before a positive one.
         let key = SortKey { columns: vec![2] };
         let c = batch(&schema, &["x", "y"], &[0, 0], &[3, -2]);
-        let sorted = key.sorted(&schema, &[&c]).unwrap();
+        let sorted = sort(&key, &schema, &[&c]);
         assert_eq!(
             sorted
                 .column(2)
@@ -329,7 +345,11 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(arrow_array::Int64Array::from(vec![i64::MAX, i64::MIN, i64::MIN])),
+                Arc::new(arrow_array::Int64Array::from(vec![
+                    i64::MAX,
+                    i64::MIN,
+                    i64::MIN,
+                ])),
                 Arc::new(arrow_array::UInt64Array::from(vec![0, u64::MAX, 0])),
             ],
         )
@@ -337,13 +357,21 @@ mod tests {
         let key = SortKey {
             columns: vec![0, 1],
         };
-        let sorted = key.sorted(&schema, &[&batch]).unwrap();
+        let sorted = sort(&key, &schema, &[&batch]);
         assert_eq!(
-            sorted.column(1).as_primitive::<UInt64Type>().values().to_vec(),
+            sorted
+                .column(1)
+                .as_primitive::<UInt64Type>()
+                .values()
+                .to_vec(),
             [0, u64::MAX, 0]
         );
         assert_eq!(
-            sorted.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            sorted
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec(),
             [i64::MIN, i64::MIN, i64::MAX]
         );
     }
