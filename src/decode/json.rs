@@ -1,12 +1,14 @@
-//! NDJSON and JSON-array framing with simd-json, parsing records in place with reused buffers.
+//! NDJSON and JSON-array framing with simd-json, parsing records into its tape with reused
+//! buffers.
 
-use simd_json::{BorrowedValue, Buffers};
+use simd_json::{Buffers, Tape};
 
 use super::{DecodeError, DecodeOptions, DecodeSummary, RecordVisitor};
 
 /// One record per line; blank lines are skipped. A line that is not JSON is a malformed record,
 /// unless no line at all is JSON: then the body is not NDJSON. Each line is parsed from a reused
-/// copy (simd-json rewrites its input), so the body keeps every record's raw text.
+/// copy (simd-json rewrites its input), so the body keeps every record's raw text; the copy
+/// carries the padding simd-json needs, which spares it a second copy of its own.
 pub(super) fn decode_ndjson(
     body: &mut [u8],
     options: &DecodeOptions<'_>,
@@ -14,6 +16,8 @@ pub(super) fn decode_ndjson(
 ) -> Result<DecodeSummary, DecodeError> {
     let mut buffers = Buffers::with_max_depth(0, options.max_nesting_depth);
     let mut scratch: Vec<u8> = Vec::new();
+    // The tape's allocation is kept from line to line; each line gives it a new lifetime.
+    let mut spare: Tape<'static> = Tape(Vec::new());
     let mut summary = DecodeSummary::default();
     let mut first_error: Option<String> = None;
     // Lines that are not JSON at all; over-long lines are rejected for their size, which says
@@ -40,8 +44,11 @@ pub(super) fn decode_ndjson(
         }
         scratch.clear();
         scratch.extend_from_slice(line);
-        match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
-            Ok(record) => visitor.json_record(summary.records, &record, Some(line)),
+        scratch.resize(line.len() + simd_json::INPUT_PADDING, b' ');
+        let mut tape = std::mem::replace(&mut spare, Tape(Vec::new())).reset();
+        let parsed = simd_json::fill_tape_padded(&mut scratch, line.len(), &mut buffers, &mut tape);
+        match parsed {
+            Ok(()) => visitor.json_record(summary.records, tape.as_value(), Some(line)),
             Err(err) => {
                 if matches!(err.error(), simd_json::ErrorType::DepthLimitExceeded) {
                     too_deep += 1;
@@ -55,6 +62,7 @@ pub(super) fn decode_ndjson(
                 visitor.malformed_record(summary.records, &reason, line);
             }
         }
+        spare = tape.reset();
     }
     super::count_refused_records("line_bytes", overlong);
     super::count_refused_records("nesting_depth", too_deep);
@@ -95,7 +103,7 @@ pub(super) fn decode_array(
     // The array is one level more than its records.
     let array_depth = options.max_nesting_depth.saturating_add(1);
     let mut buffers = Buffers::with_max_depth(body.len(), array_depth);
-    let value = simd_json::to_borrowed_value_with_buffers(body, &mut buffers).map_err(|err| {
+    let tape = simd_json::to_tape_with_buffers(body, &mut buffers).map_err(|err| {
         if matches!(err.error(), simd_json::ErrorType::DepthLimitExceeded) {
             super::count_refused_records("nesting_depth", 1);
         }
@@ -104,7 +112,7 @@ pub(super) fn decode_array(
             message: describe(&err, options),
         }
     })?;
-    let BorrowedValue::Array(records) = value else {
+    let Some(records) = tape.as_value().as_array() else {
         return Err(DecodeError::NotFramed {
             format: "a JSON array",
             message: "top-level value is not an array".to_string(),

@@ -3,8 +3,9 @@
 //! The body is first decompressed (`Content-Encoding: gzip | zstd | identity`) under a cap on the
 //! decompressed size, then framed by its format — NDJSON, a JSON array, CSV with a header row, or
 //! delimited lines (Akamai DataStream 2 "structured") — and every record is handed to a
-//! [`RecordVisitor`] (the validator) without copying: JSON records are parsed in place by
-//! simd-json, text records are slices of the body.
+//! [`RecordVisitor`] (the validator) without copying: JSON records are parsed by simd-json into
+//! its tape (a flat list of nodes, reused from record to record; no tree of maps is built) and
+//! handed over as a [`JsonValue`] view of it, text records are slices of the body.
 //!
 //! A record that cannot be parsed inside a body that can be framed is reported to the visitor as
 //! malformed (a row reject); only a body that cannot be framed at all is a [`DecodeError`].
@@ -14,7 +15,8 @@ mod text;
 
 use std::io::Read;
 
-pub use simd_json::BorrowedValue;
+/// A parsed JSON value: a view of simd-json's tape whose strings borrow from the body.
+pub type JsonValue<'a> = simd_json::tape::Value<'a, 'a>;
 
 /// The format of a body, from its `Content-Type` or sniffed from its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +78,7 @@ pub trait RecordVisitor {
     /// Names of the positional fields of the text records that follow (CSV header, or the
     /// configured field order of delimited lines).
     fn text_header(&mut self, names: &[&str]);
-    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, raw: Option<&[u8]>);
+    fn json_record(&mut self, line: usize, record: JsonValue<'_>, raw: Option<&[u8]>);
     fn text_record(&mut self, line: usize, fields: &[&str], raw: &[u8]);
     /// A record inside a well-framed body that could not be parsed.
     fn malformed_record(&mut self, line: usize, reason: &str, raw: &[u8]);
@@ -299,10 +301,10 @@ pub(crate) mod tests {
         fn text_header(&mut self, names: &[&str]) {
             self.header = names.iter().map(|s| s.to_string()).collect();
         }
-        fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, _raw: Option<&[u8]>) {
+        fn json_record(&mut self, line: usize, record: JsonValue<'_>, _raw: Option<&[u8]>) {
             self.records.push((
                 line,
-                format!("json {}", simd_json::prelude::Writable::encode(record)),
+                format!("json {}", simd_json::prelude::Writable::encode(&record)),
             ));
         }
         fn text_record(&mut self, line: usize, fields: &[&str], _raw: &[u8]) {

@@ -6,16 +6,53 @@
 
 use std::fmt::Write as _;
 
-use simd_json::prelude::Writable;
-use simd_json::{BorrowedValue, StaticNode};
+use simd_json::StaticNode;
+use simd_json::prelude::{
+    TypedValue as _, ValueAsScalar as _, ValueIntoString as _, ValueType, Writable as _,
+};
 
+use crate::decode::JsonValue;
 use crate::schema::{ChType, Column, ValueFormat};
 
 /// A body value as the decoder delivered it.
 #[derive(Clone, Copy)]
 pub(super) enum Raw<'a> {
-    Json(&'a BorrowedValue<'a>),
+    Json(Json<'a>),
     Text(&'a str),
+}
+
+/// A JSON value by its kind; arrays and objects stay views of the tape.
+#[derive(Clone, Copy)]
+pub(super) enum Json<'a> {
+    Static(StaticNode),
+    String(&'a str),
+    Array(JsonValue<'a>),
+    Object(JsonValue<'a>),
+}
+
+impl<'a> Json<'a> {
+    pub(super) fn of(value: JsonValue<'a>) -> Json<'a> {
+        let node = match value.value_type() {
+            ValueType::String => return Json::String(value.into_string().unwrap_or_default()),
+            ValueType::Array => return Json::Array(value),
+            ValueType::Object => return Json::Object(value),
+            ValueType::Bool => value.as_bool().map(StaticNode::Bool),
+            ValueType::I64 => value.as_i64().map(StaticNode::I64),
+            ValueType::U64 => value.as_u64().map(StaticNode::U64),
+            ValueType::F64 => value.as_f64().map(StaticNode::F64),
+            _ => None,
+        };
+        Json::Static(node.unwrap_or(StaticNode::Null))
+    }
+
+    /// The value as compact JSON.
+    pub(super) fn encode(&self) -> String {
+        match self {
+            Json::Static(node) => simd_json::BorrowedValue::Static(*node).encode(),
+            Json::String(s) => simd_json::BorrowedValue::String((*s).into()).encode(),
+            Json::Array(v) | Json::Object(v) => v.encode(),
+        }
+    }
 }
 
 /// One column's value for the current row, owned: strings live in the row's scratch buffer.
@@ -56,8 +93,8 @@ pub(super) fn stage(
     let ty = column.ch_type.value_type();
     let is_text_type = matches!(ty, ChType::String | ChType::FixedString(_));
     let is_absent = match value {
-        Raw::Json(BorrowedValue::Static(StaticNode::Null)) => true,
-        Raw::Json(BorrowedValue::String(s)) => absent.iter().any(|a| a == s),
+        Raw::Json(Json::Static(StaticNode::Null)) => true,
+        Raw::Json(Json::String(s)) => absent.iter().any(|a| a == s),
         Raw::Text(s) => (s.is_empty() && !is_text_type) || absent.iter().any(|a| a == s),
         Raw::Json(_) => false,
     };
@@ -205,13 +242,13 @@ fn push_string(
 ) -> Result<(), String> {
     let text: &str = match value {
         Raw::Text(t) => t,
-        Raw::Json(BorrowedValue::String(s)) => s,
-        Raw::Json(BorrowedValue::Static(node)) => {
+        Raw::Json(Json::String(s)) => s,
+        Raw::Json(Json::Static(node)) => {
             match node {
                 StaticNode::I64(v) => write!(scratch, "{v}").expect("write to String"),
                 StaticNode::U64(v) => write!(scratch, "{v}").expect("write to String"),
                 StaticNode::F64(v) => write!(scratch, "{v}").expect("write to String"),
-                StaticNode::Bool(v) => scratch.push_str(if *v { "true" } else { "false" }),
+                StaticNode::Bool(v) => scratch.push_str(if v { "true" } else { "false" }),
                 StaticNode::Null => {}
             }
             return Ok(());
@@ -281,21 +318,19 @@ fn stage_list(
         list_items.push((start, scratch.len() as u32));
     };
     match value {
-        Raw::Json(BorrowedValue::Array(items)) => {
-            for item in items.iter() {
-                match item {
-                    BorrowedValue::String(s) => push(scratch, s),
-                    BorrowedValue::Static(StaticNode::Null) => {
+        Raw::Json(Json::Array(items)) => {
+            for item in items.as_array().iter().flat_map(|items| items.iter()) {
+                match Json::of(item) {
+                    Json::String(s) => push(scratch, s),
+                    Json::Static(StaticNode::Null) => {
                         return Err("array items cannot be null".to_string());
                     }
-                    BorrowedValue::Static(node) => push(scratch, &node.to_string()),
+                    Json::Static(node) => push(scratch, &node.to_string()),
                     _ => return Err("array items must be strings".to_string()),
                 }
             }
         }
-        Raw::Json(BorrowedValue::String(text)) => {
-            split_list(text, &mut |item| push(scratch, item))?
-        }
+        Raw::Json(Json::String(text)) => split_list(text, &mut |item| push(scratch, item))?,
         Raw::Text(text) => split_list(text, &mut |item| push(scratch, item))?,
         Raw::Json(_) => return Err(expected(&ChType::Array(Box::new(ChType::String)), value)),
     }
@@ -317,10 +352,10 @@ fn split_list(text: &str, push: &mut dyn FnMut(&str)) -> Result<(), String> {
 
 fn number(value: Raw<'_>) -> Option<Number> {
     match value {
-        Raw::Json(BorrowedValue::Static(StaticNode::U64(v))) => Some(Number::Unsigned(*v)),
-        Raw::Json(BorrowedValue::Static(StaticNode::I64(v))) => Some(Number::Signed(*v)),
-        Raw::Json(BorrowedValue::Static(StaticNode::F64(v))) => Some(Number::Float(*v)),
-        Raw::Json(BorrowedValue::String(s)) => parse_number(s),
+        Raw::Json(Json::Static(StaticNode::U64(v))) => Some(Number::Unsigned(v)),
+        Raw::Json(Json::Static(StaticNode::I64(v))) => Some(Number::Signed(v)),
+        Raw::Json(Json::Static(StaticNode::F64(v))) => Some(Number::Float(v)),
+        Raw::Json(Json::String(s)) => parse_number(s),
         Raw::Text(s) => parse_number(s),
         Raw::Json(_) => None,
     }
@@ -413,7 +448,7 @@ fn parse_datetime_text(text: &str) -> Option<i128> {
 
 fn text_of<'a>(value: Raw<'a>) -> Option<&'a str> {
     match value {
-        Raw::Json(BorrowedValue::String(s)) => Some(s),
+        Raw::Json(Json::String(s)) => Some(s),
         Raw::Text(s) => Some(s),
         Raw::Json(_) => None,
     }
@@ -427,10 +462,10 @@ fn expected(ty: &ChType, value: Raw<'_>) -> String {
 fn got(value: Raw<'_>) -> String {
     match value {
         Raw::Text(s) => quoted(s),
-        Raw::Json(BorrowedValue::String(s)) => quoted(s),
-        Raw::Json(BorrowedValue::Array(_)) => "an array".to_string(),
-        Raw::Json(BorrowedValue::Object(_)) => "an object".to_string(),
-        Raw::Json(BorrowedValue::Static(node)) => node.to_string(),
+        Raw::Json(Json::String(s)) => quoted(s),
+        Raw::Json(Json::Array(_)) => "an array".to_string(),
+        Raw::Json(Json::Object(_)) => "an object".to_string(),
+        Raw::Json(Json::Static(node)) => node.to_string(),
     }
 }
 

@@ -23,10 +23,10 @@ use hashbrown::HashMap;
 use serde::Serialize;
 use simd_json::prelude::Writable;
 
-use crate::decode::{self, BorrowedValue, RecordVisitor};
+use crate::decode::{self, JsonValue, RecordVisitor};
 use crate::schema::{ChType, ContextField, Schema, UnknownFields, quarantine};
 
-use coerce::{Raw, Staged};
+use coerce::{Json, Raw, Staged};
 
 /// A delimited-line field name that marks a position to skip.
 pub const SKIP_FIELD: &str = "_";
@@ -703,16 +703,16 @@ impl RecordVisitor for BatchBuilder<'_> {
         self.text_names = names.iter().map(|name| name.to_string()).collect();
     }
 
-    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, raw: Option<&[u8]>) {
+    fn json_record(&mut self, line: usize, record: JsonValue<'_>, raw: Option<&[u8]>) {
         self.start_row();
-        let failure = match record {
-            BorrowedValue::Object(fields) => {
+        let failure = match record.as_object() {
+            Some(fields) => {
                 for (name, value) in fields.iter() {
-                    self.stage_field(name, Raw::Json(value));
+                    self.stage_field(name, Raw::Json(Json::of(value)));
                 }
                 self.end_row(line)
             }
-            _ => Some((None, "record is not a JSON object".to_string())),
+            None => Some((None, "record is not a JSON object".to_string())),
         };
         if let Some((field, reason)) = failure {
             // Elements of a JSON array have no text of their own: keep them re-encoded.

@@ -361,6 +361,25 @@ fn events_keep_unknown_fields_lists_uuids_and_json_properties() {
 }
 
 #[test]
+fn a_repeated_field_is_refused_in_a_record_of_any_size() {
+    // simd-json's DOM kept repeated keys up to 32 keys and silently dropped all but the last
+    // beyond; the tape keeps every key, so both records are refused alike.
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let good = r#""reqId":"a","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"200","reqHost":"h","reqMethod":"GET","reqPath":"/""#;
+    let filler: String = (0..40).map(|i| format!(",\"x{i}\":{i}")).collect();
+    let body = format!(
+        "{{{good},\"statusCode\":\"201\"}}\n{{{good}{filler},\"statusCode\":\"201\"}}\n{{{good}{filler}}}"
+    );
+    let batch = validate(&compiled, BodyFormat::Ndjson, &body);
+    assert_eq!((batch.accepted, batch.rejected), (1, 2));
+    for (error, line) in batch.errors.iter().zip([1, 2]) {
+        assert_eq!(error.line, line);
+        assert_eq!(error.field.as_deref(), Some("statusCode"));
+        assert_eq!(error.reason, "field appears more than once");
+    }
+}
+
+#[test]
 fn unknown_fields_can_be_rejected() {
     let options = StreamOptions {
         unknown_fields: Some(UnknownFields::Reject),
