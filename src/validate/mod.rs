@@ -259,6 +259,7 @@ impl CompiledSchema {
             url_buffer: Vec::new(),
             extra: String::new(),
             text_names: Vec::new(),
+            json_fields: Vec::new(),
             row_error: None,
             accepted: 0,
             rejected: 0,
@@ -444,6 +445,9 @@ pub struct BatchBuilder<'s> {
     extra: String,
     /// Field names of the positional fields of text records.
     text_names: Vec<String>,
+    /// The fields of the last JSON record by position, with their columns: a sender's records
+    /// mostly name the same fields in the same order, so one comparison replaces a lookup.
+    json_fields: Vec<(Box<str>, Option<usize>)>,
     /// First problem of the current row.
     row_error: Option<(Option<String>, String)>,
     accepted: usize,
@@ -502,6 +506,26 @@ impl BatchBuilder<'_> {
     fn fail(&mut self, field: Option<&str>, reason: String) {
         if self.row_error.is_none() {
             self.row_error = Some((field.map(str::to_string), reason));
+        }
+    }
+
+    /// [`Self::stage_field`] for the `position`-th field of a JSON record.
+    fn stage_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
+        let index = match self.json_fields.get(position) {
+            Some((known, index)) if **known == *name => *index,
+            _ => {
+                let index = self.compiled.field_index.get(name).copied();
+                let entry = (Box::from(name), index);
+                match self.json_fields.get_mut(position) {
+                    Some(slot) => *slot = entry,
+                    None => self.json_fields.push(entry),
+                }
+                index
+            }
+        };
+        match index {
+            Some(index) => self.stage_into(index, name, value),
+            None => self.unknown_field(name, value),
         }
     }
 
@@ -707,8 +731,8 @@ impl RecordVisitor for BatchBuilder<'_> {
         self.start_row();
         let failure = match record.as_object() {
             Some(fields) => {
-                for (name, value) in fields.iter() {
-                    self.stage_field(name, Raw::Json(Json::of(value)));
+                for (position, (name, value)) in fields.iter().enumerate() {
+                    self.stage_json_field(position, name, Raw::Json(Json::of(value)));
                 }
                 self.end_row(line)
             }

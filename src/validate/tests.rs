@@ -380,6 +380,29 @@ fn a_repeated_field_is_refused_in_a_record_of_any_size() {
 }
 
 #[test]
+fn fields_are_matched_by_name_whatever_their_order() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let body = [
+        r#"{"reqId":"a","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"200","reqHost":"h1","reqMethod":"GET","reqPath":"/a"}"#,
+        r#"{"reqPath":"/b","x":1,"reqHost":"h2","reqMethod":"GET","statusCode":"404","cliIP":"1.2.3.4","reqTimeSec":"1573840001","reqId":"b"}"#,
+        r#"{"reqId":"c","reqTimeSec":"1573840002","cliIP":"1.2.3.4","statusCode":"500","reqHost":"h3","reqMethod":"GET","reqPath":"/c"}"#,
+    ]
+    .join("\n");
+    let batch = validate(&compiled, BodyFormat::Ndjson, &body);
+    assert_eq!((batch.accepted, batch.rejected), (3, 0));
+    let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    assert_eq!(strings(&batch, "host"), some(&["h1", "h2", "h3"]));
+    assert_eq!(strings(&batch, "path"), some(&["/a", "/b", "/c"]));
+    assert_eq!(
+        column(&batch, "status")
+            .as_primitive::<UInt16Type>()
+            .values()
+            .to_vec(),
+        [200, 404, 500]
+    );
+}
+
+#[test]
 fn unknown_fields_can_be_rejected() {
     let options = StreamOptions {
         unknown_fields: Some(UnknownFields::Reject),
