@@ -550,26 +550,19 @@ fn write_low_cardinality<'a>(
     keys.clear();
     indexes.clear();
     indexes.reserve(rows);
-    // Neighbouring rows often hold the same value (the rows of one request share its context
-    // columns; the sorting key groups the rest): one comparison instead of a lookup.
-    let mut last: (&str, u32) = ("", default_index);
     for value in values {
         // check_column refused nulls unless the type is nullable, so index 0 is the NULL slot.
         let Some(value) = value else {
             indexes.push(0);
             continue;
         };
-        let index = if value == last.0 {
-            last.1
-        } else if value.is_empty() {
+        let index = if value.is_empty() {
             default_index
         } else {
-            let index = *dictionary.entry(value).or_insert_with(|| {
+            *dictionary.entry(value).or_insert_with(|| {
                 keys.push(value);
                 reserved + keys.len() as u32 - 1
-            });
-            last = (value, index);
-            index
+            })
         };
         indexes.push(index);
     }
