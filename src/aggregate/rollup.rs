@@ -407,11 +407,13 @@ impl RollupState {
                         }
                     }
                     MeasureState::DistinctStr(set) => {
-                        if let Some(v) = reader.str(row)
-                            && !set.contains(v)
-                        {
-                            set.insert(v.into());
-                            full |= set.len() >= rollup.max_distinct;
+                        if let Some(v) = reader.str(row) {
+                            // One probe: the value is boxed only when it is new.
+                            let before = set.len();
+                            set.get_or_insert_with(v, |v: &str| Box::from(v));
+                            if set.len() > before {
+                                full |= set.len() >= rollup.max_distinct;
+                            }
                         }
                     }
                     MeasureState::DistinctInt(set) => {
