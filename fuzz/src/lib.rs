@@ -14,8 +14,7 @@ use sluice::accept::ingest::ingest_headers;
 use sluice::auth::{Auth, signature};
 use sluice::config::Config;
 use sluice::decode::{
-    self, BodyFormat, BorrowedValue, ContentEncoding, DecodeOptions, OVERLONG_RAW_PREFIX,
-    RecordVisitor,
+    self, BodyFormat, ContentEncoding, DecodeOptions, JsonValue, OVERLONG_RAW_PREFIX, RecordVisitor,
 };
 use sluice::encode::{native_columns, write_native_block};
 use sluice::schema::Schema;
@@ -113,7 +112,7 @@ impl RecordVisitor for ContractVisitor {
         assert!(self.header_fields.is_none(), "one header per body");
         self.header_fields = Some(names.len());
     }
-    fn json_record(&mut self, line: usize, record: &BorrowedValue<'_>, raw: Option<&[u8]>) {
+    fn json_record(&mut self, line: usize, record: JsonValue<'_>, raw: Option<&[u8]>) {
         let _ = record;
         self.record(line, raw);
     }
