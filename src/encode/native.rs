@@ -631,16 +631,25 @@ mod tests {
 
     use super::*;
 
-    fn encode(columns: &[(&str, &str)], arrays: Vec<ArrayRef>) -> Result<Vec<u8>, EncodeError> {
-        let types: Vec<ChType> = columns
+    fn types(columns: &[(&str, &str)]) -> Vec<ChType> {
+        columns
             .iter()
             .map(|(_, ty)| ChType::parse(ty).unwrap())
-            .collect();
-        let native_columns: Vec<NativeColumn<'_>> = columns
+            .collect()
+    }
+
+    /// The columns `(name, type string)` as described, with their parsed `types`.
+    fn described<'a>(columns: &[(&'a str, &str)], types: &'a [ChType]) -> Vec<NativeColumn<'a>> {
+        columns
             .iter()
-            .zip(&types)
+            .zip(types)
             .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
-            .collect();
+            .collect()
+    }
+
+    fn encode(columns: &[(&str, &str)], arrays: Vec<ArrayRef>) -> Result<Vec<u8>, EncodeError> {
+        let types = types(columns);
+        let native_columns = described(columns, &types);
         let batch =
             RecordBatch::try_from_iter(columns.iter().map(|(name, _)| *name).zip(arrays)).unwrap();
         let mut out = Vec::new();
@@ -762,15 +771,8 @@ mod tests {
             ("a", "Array(String)"),
             ("u", "UUID"),
         ];
-        let types: Vec<ChType> = columns
-            .iter()
-            .map(|(_, ty)| ChType::parse(ty).unwrap())
-            .collect();
-        let native: Vec<NativeColumn<'_>> = columns
-            .iter()
-            .zip(&types)
-            .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
-            .collect();
+        let types = types(&columns);
+        let native = described(&columns, &types);
         let batch = |rows: &[(&str, Option<&str>, u32, Option<i64>)]| {
             let arrays: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
@@ -831,11 +833,7 @@ mod tests {
         // A NULL in a column that cannot hold one is refused in a gathered block too.
         let mut strict = types.clone();
         strict[1] = ChType::String;
-        let strict: Vec<NativeColumn<'_>> = columns
-            .iter()
-            .zip(&strict)
-            .map(|((name, _), ch_type)| NativeColumn { name, ch_type })
-            .collect();
+        let strict = described(&columns, &strict);
         assert!(matches!(
             write_native_block(&strict, gathered, &mut Vec::new()),
             Err(EncodeError::UnexpectedNull { .. })
