@@ -319,7 +319,8 @@ fn stage_list(
     };
     match value {
         Raw::Json(Json::Array(items)) => {
-            for item in items.as_array().iter().flat_map(|items| items.iter()) {
+            let items = items.as_array().expect("Json::Array holds an array");
+            for item in items.iter() {
                 match Json::of(item) {
                     Json::String(s) => push(scratch, s),
                     Json::Static(StaticNode::Null) => {

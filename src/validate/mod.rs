@@ -523,16 +523,18 @@ impl BatchBuilder<'_> {
                 index
             }
         };
-        match index {
-            Some(index) => self.stage_into(index, name, value),
-            None => self.unknown_field(name, value),
-        }
+        self.stage_at(index, name, value);
     }
 
     /// Coerces one body field into its column's slot.
     fn stage_field(&mut self, name: &str, value: Raw<'_>) {
-        match self.compiled.field_index.get(name) {
-            Some(&index) => self.stage_into(index, name, value),
+        self.stage_at(self.compiled.field_index.get(name).copied(), name, value);
+    }
+
+    /// Stages a field whose column is `index` (`None`: not a column of the schema).
+    fn stage_at(&mut self, index: Option<usize>, name: &str, value: Raw<'_>) {
+        match index {
+            Some(index) => self.stage_into(index, name, value),
             None => self.unknown_field(name, value),
         }
     }
