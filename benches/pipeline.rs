@@ -1,6 +1,6 @@
 //! Criterion benches of the hot path, on generated DataStream 2-style `edge_access` traffic:
 //! decode + validate per body format (with and without gzip), and Native encoding with each
-//! block compression.
+//! block compression, one batch as it is and the batches of a flush in `ORDER BY` order.
 
 mod common;
 
@@ -108,9 +108,56 @@ fn encode_native(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a flush encodes: the batches of 20 requests of 5,000 rows, each with its own batch and
+/// request id, written in the table's `ORDER BY` order straight from the batches.
+fn encode_gathered(c: &mut Criterion) {
+    let compiled = Arc::new(common::compiled());
+    let mut generator = Generator::new(3);
+    let batches: Vec<_> = (0..20)
+        .map(|request| {
+            let body = generator::encode_access(&generator.edge_access(5_000), Format::Ndjson);
+            let context = RequestContext {
+                batch_id: format!("batch-{request:04}-6f1c2b9e"),
+                request_id: format!("0193a8c2-7d4e-7a1b-9c3d-{request:012x}"),
+                origin: "bench-worker".into(),
+                ..context()
+            };
+            let batch = common::decode_validate(
+                &compiled,
+                &context,
+                &body,
+                ContentEncoding::Identity,
+                decode::BodyFormat::Ndjson,
+            );
+            assert_eq!(batch.accepted, 5_000);
+            batch.batch
+        })
+        .collect();
+    let batches: Vec<_> = batches.iter().collect();
+    let columns = encode::native_columns(&compiled.schema);
+    let key = encode::SortKey::of(&compiled.schema).expect("edge_access has an ORDER BY key");
+
+    let mut group = c.benchmark_group("encode_gathered");
+    group.throughput(Throughput::Elements(100_000));
+    group.bench_function("order", |b| b.iter(|| key.order(&batches).unwrap()));
+    let order = key.order(&batches).unwrap().expect("more than one batch");
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            let rows = encode::BlockRows::Gathered {
+                batches: &batches,
+                order: &order,
+            };
+            encode::write_native_block(&columns, rows, &mut out).unwrap();
+            out
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = decode_validate, encode_native
+    targets = decode_validate, encode_native, encode_gathered
 }
 criterion_main!(benches);
