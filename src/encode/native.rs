@@ -232,12 +232,14 @@ fn write_gathered<'a>(
             write_gathered_strings(&strings(), order, out);
         }
         ChType::LowCardinality(inner) => {
-            let strings = strings();
-            let values = order.iter().map(|&(b, r)| {
-                let array = strings[b];
-                (!array.is_null(r)).then(|| array.value(r))
-            });
-            write_low_cardinality(column, values, inner.is_nullable(), scratch, out)?;
+            write_gathered_low_cardinality(
+                column,
+                &strings(),
+                order,
+                inner.is_nullable(),
+                scratch,
+                out,
+            )?;
         }
         ch_type => {
             let array = arrow_select::interleave::interleave(arrays, order).map_err(|err| {
@@ -273,6 +275,92 @@ fn write_gathered_strings(strings: &[&StringArray], order: &[(usize, usize)], ou
     }
 }
 
+/// A gathered LowCardinality column. The values are looked up batch by batch, in the batches'
+/// own order: memory is read in sequence, and a row that repeats the previous row's value (as
+/// the request context columns always do) costs a comparison, not a hash. The dictionary is then
+/// numbered in `order`, so the block is the one [`write_low_cardinality`] writes for the
+/// gathered rows.
+fn write_gathered_low_cardinality<'a>(
+    column: &NativeColumn<'_>,
+    strings: &[&'a StringArray],
+    order: &[(usize, usize)],
+    nullable: bool,
+    scratch: &mut Scratch<'a>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    const NULL: u32 = u32::MAX;
+    const EMPTY: u32 = u32::MAX - 1;
+    let rows = order.len();
+    let reserved = low_cardinality_reserved(column, rows, nullable)?;
+    let Scratch {
+        dictionary,
+        keys,
+        indexes,
+        first_row,
+        found,
+        renumber,
+        ..
+    } = scratch;
+    // Every row of every batch as an index into `keys`, in the batches' order.
+    dictionary.clear();
+    keys.clear();
+    first_row.clear();
+    found.clear();
+    for array in strings {
+        first_row.push(found.len());
+        let nulls = array.nulls().filter(|nulls| nulls.null_count() > 0);
+        let mut previous: Option<(&str, u32)> = None;
+        for row in 0..array.len() {
+            if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+                found.push(NULL);
+                continue;
+            }
+            let value = array.value(row);
+            let index = match previous {
+                Some((last, index)) if last == value => index,
+                _ if value.is_empty() => EMPTY,
+                _ => *dictionary.entry(value).or_insert_with(|| {
+                    keys.push(value);
+                    keys.len() as u32 - 1
+                }),
+            };
+            previous = Some((value, index));
+            found.push(index);
+        }
+    }
+    // The block's dictionary numbers the values in order of first appearance among the rows.
+    let default_index = reserved - 1;
+    renumber.clear();
+    renumber.resize(keys.len(), NULL);
+    let mut block_keys = 0u32;
+    indexes.clear();
+    indexes.reserve(rows);
+    for &(batch, row) in order {
+        let index = match found[first_row[batch] + row] {
+            NULL => 0,
+            EMPTY => default_index,
+            key => {
+                let slot = &mut renumber[key as usize];
+                if *slot == NULL {
+                    *slot = block_keys;
+                    block_keys += 1;
+                }
+                reserved + *slot
+            }
+        };
+        indexes.push(index);
+    }
+    // Dictionary keys in the block's numbering.
+    let mut block_order: Vec<&str> = vec![""; block_keys as usize];
+    for (key, &slot) in keys.iter().zip(renumber.iter()) {
+        if slot != NULL {
+            block_order[slot as usize] = key;
+        }
+    }
+    write_low_cardinality_data(reserved, &block_order, indexes, out);
+    Ok(())
+}
+
 /// Buffers reused across the columns of one block.
 #[derive(Default)]
 struct Scratch<'a> {
@@ -284,6 +372,12 @@ struct Scratch<'a> {
     keys: Vec<&'a str>,
     /// LowCardinality: one dictionary index per row.
     indexes: Vec<u32>,
+    /// Gathered LowCardinality: where each batch's rows start in `found`.
+    first_row: Vec<usize>,
+    /// Gathered LowCardinality: each row's index into `keys`, batch after batch.
+    found: Vec<u32>,
+    /// Gathered LowCardinality: `keys` index → block dictionary index.
+    renumber: Vec<u32>,
 }
 
 /// Checks that the Arrow type is the one the validator builds for the column's ClickHouse type
@@ -531,14 +625,7 @@ fn write_low_cardinality<'a>(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let rows = values.len();
-    // Reserved keys: [NULL slot,] the default "". Every row can add at most one key.
-    let reserved: u32 = if nullable { 2 } else { 1 };
-    if rows > (u32::MAX - reserved) as usize {
-        return Err(EncodeError::TooManyRows {
-            column: column.name.to_string(),
-            rows,
-        });
-    }
+    let reserved = low_cardinality_reserved(column, rows, nullable)?;
     let default_index = reserved - 1;
     let Scratch {
         dictionary,
@@ -566,7 +653,31 @@ fn write_low_cardinality<'a>(
         };
         indexes.push(index);
     }
+    write_low_cardinality_data(reserved, keys, indexes, out);
+    Ok(())
+}
 
+/// The reserved keys of a LowCardinality dictionary: [NULL slot,] the default `""`. Every row
+/// can add at most one key, so the rows must leave room for them in a UInt32 index.
+fn low_cardinality_reserved(
+    column: &NativeColumn<'_>,
+    rows: usize,
+    nullable: bool,
+) -> Result<u32, EncodeError> {
+    let reserved: u32 = if nullable { 2 } else { 1 };
+    if rows > (u32::MAX - reserved) as usize {
+        return Err(EncodeError::TooManyRows {
+            column: column.name.to_string(),
+            rows,
+        });
+    }
+    Ok(reserved)
+}
+
+/// The LowCardinality column data: the reserved keys, then `keys`, then one index per row in
+/// the narrowest width that holds the largest index.
+fn write_low_cardinality_data(reserved: u32, keys: &[&str], indexes: &[u32], out: &mut Vec<u8>) {
+    let rows = indexes.len();
     let key_count = u64::from(reserved) + keys.len() as u64;
     let index_width: u64 = if key_count <= 1 << 8 {
         0
@@ -600,7 +711,6 @@ fn write_low_cardinality<'a>(
             }
         }
     }
-    Ok(())
 }
 
 /// Unsigned LEB128.
@@ -809,12 +919,14 @@ mod tests {
         let a = batch(&[
             ("bravo", Some("x"), 7, None),
             ("alpha", None, 1, Some(-5)),
+            ("alfa", None, 5, Some(6)),
             ("", Some(""), 2, Some(9)),
         ]);
         let b = batch(&[("charlie", Some("y"), 3, Some(1)), ("alpha", None, 4, None)]);
         // The second batch sliced: its arrays do not start at offset 0.
         let b = b.slice(0, 2);
-        let order = [(1, 1), (0, 1), (0, 0), (1, 0), (0, 2)];
+        // Rows 1 and 2 of the first batch repeat a LowCardinality value; the block takes them apart.
+        let order = [(1, 1), (0, 1), (0, 0), (1, 0), (0, 3), (0, 2)];
         let gathered = BlockRows::Gathered {
             batches: &[&a, &b],
             order: &order,
