@@ -282,8 +282,19 @@ impl Schema {
                     "{key}: a context column cannot also name body fields"
                 )));
             }
-            if spec.context == Some(ContextField::ReceivedAt) && ch_type != ChType::DateTime {
-                return Err(invalid(format!("{key}: received_at needs type DateTime")));
+            match spec.context {
+                Some(ContextField::ReceivedAt) if ch_type != ChType::DateTime => {
+                    return Err(invalid(format!("{key}: received_at needs type DateTime")));
+                }
+                Some(field)
+                    if field != ContextField::ReceivedAt
+                        && *ch_type.value_type() != ChType::String =>
+                {
+                    return Err(invalid(format!(
+                        "{key}: a context column holds text: its type must be String, Nullable(String) or LowCardinality(String), not {ch_type}"
+                    )));
+                }
+                _ => {}
             }
             if spec.required && spec.default.is_some() {
                 return Err(invalid(format!(
@@ -496,5 +507,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn context_columns_need_a_type_that_holds_their_value() {
+        let schema = |ty: &str, context: &str| {
+            let text = format!(
+                "stream = \"s\"\nversion = 1\n[table]\nname = \"t\"\norder_by = [\"a\"]\n\
+                 [[columns]]\nname = \"a\"\ntype = \"{ty}\"\ncontext = \"{context}\"\n"
+            );
+            Schema::from_toml(&text, Path::new("s.toml")).map_err(|err| err.to_string())
+        };
+        assert_eq!(
+            schema("UInt32", "region").unwrap_err(),
+            "s.toml: columns[0] (a): a context column holds text: its type must be String, \
+             Nullable(String) or LowCardinality(String), not UInt32"
+        );
+        assert_eq!(
+            schema("String", "received_at").unwrap_err(),
+            "s.toml: columns[0] (a): received_at needs type DateTime"
+        );
+        for ty in ["String", "Nullable(String)", "LowCardinality(String)"] {
+            schema(ty, "batch_id").unwrap();
+        }
+        schema("DateTime", "received_at").unwrap();
     }
 }
