@@ -17,7 +17,8 @@ use arrow_array::builder::{
     Int16Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt8Builder,
     UInt16Builder, UInt32Builder, UInt64Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, SchemaRef};
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -44,6 +45,27 @@ pub struct RequestContext {
     /// The sender URL-encodes text values (RFC 1738, `+` for space) as Akamai DataStream 2
     /// does: columns marked `url_decode` are decoded.
     pub url_encoded: bool,
+}
+
+impl RequestContext {
+    /// The column of `rows` rows of a context field whose value is the same in every row of
+    /// the request (every field but `extra`).
+    fn column(&self, field: ContextField, rows: usize) -> ArrayRef {
+        let text = match field {
+            ContextField::Principal => &self.principal,
+            ContextField::Origin => &self.origin,
+            ContextField::Region => &self.region,
+            ContextField::BatchId => &self.batch_id,
+            ContextField::RequestId => &self.request_id,
+            ContextField::ReceivedAt => {
+                return Arc::new(UInt32Array::from_value(self.received_at, rows));
+            }
+            ContextField::Extra => unreachable!("extra differs from row to row"),
+        };
+        let offsets = OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(text.len(), rows));
+        let values = Buffer::from(text.repeat(rows).into_bytes());
+        Arc::new(StringArray::new(offsets, values, None))
+    }
 }
 
 /// Per-stream options from the sluice config that change how bodies map to columns.
@@ -158,6 +180,9 @@ pub struct CompiledSchema {
     /// Bytes of text per row of each String column in the last body (0 for other columns):
     /// how much room [`CompiledSchema::begin_sized`] gives the next one.
     string_bytes_per_row: Vec<std::sync::atomic::AtomicU32>,
+    /// Per column: its value is the same in every row of a request (a context column other
+    /// than `extra`). Such a column is built once per request, not staged per row.
+    per_request: Vec<bool>,
 }
 
 impl CompiledSchema {
@@ -211,6 +236,11 @@ impl CompiledSchema {
                 .unknown_fields
                 .unwrap_or(schema.input.unknown_fields),
             string_bytes_per_row: schema.columns.iter().map(|_| Default::default()).collect(),
+            per_request: schema
+                .columns
+                .iter()
+                .map(|c| c.spec.context.is_some_and(|f| f != ContextField::Extra))
+                .collect(),
             schema,
         })
     }
@@ -247,7 +277,9 @@ impl CompiledSchema {
                 .columns
                 .iter()
                 .zip(&self.string_bytes_per_row)
-                .map(|(c, per_row)| {
+                .zip(&self.per_request)
+                .map(|((c, per_row), &per_request)| {
+                    let rows = if per_request { 0 } else { rows };
                     let per_row = per_row.load(std::sync::atomic::Ordering::Relaxed) as usize;
                     let bytes = (rows * per_row / 8 * 9).min(body_bytes / 4);
                     ColumnBuilder::new(&c.ch_type, rows, bytes)
@@ -479,7 +511,14 @@ impl BatchBuilder<'_> {
         let columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
-            .map(ColumnBuilder::finish)
+            .zip(&self.compiled.schema.columns)
+            .zip(&self.compiled.per_request)
+            .map(
+                |((builder, column), &per_request)| match column.spec.context {
+                    Some(field) if per_request => self.context.column(field, self.accepted),
+                    _ => builder.finish(),
+                },
+            )
             .collect();
         let batch = RecordBatch::try_new(self.compiled.arrow_schema.clone(), columns)
             .expect("builders follow the compiled Arrow schema");
@@ -592,7 +631,7 @@ impl BatchBuilder<'_> {
             if self.row_error.is_some() {
                 break;
             }
-            if !matches!(self.staged[index], Staged::Unset) {
+            if !matches!(self.staged[index], Staged::Unset) || self.compiled.per_request[index] {
                 continue;
             }
             let column = &columns[index];
@@ -605,17 +644,7 @@ impl BatchBuilder<'_> {
                         Ok(coerce::stage_text(&mut self.scratch, &self.extra))
                     }
                 }
-                Some(ContextField::ReceivedAt) => Ok(Staged::U64(self.context.received_at.into())),
-                Some(field) => {
-                    let value = match field {
-                        ContextField::Principal => &self.context.principal,
-                        ContextField::Origin => &self.context.origin,
-                        ContextField::Region => &self.context.region,
-                        ContextField::BatchId => &self.context.batch_id,
-                        _ => &self.context.request_id,
-                    };
-                    Ok(coerce::stage_text(&mut self.scratch, value))
-                }
+                Some(field) => unreachable!("{field:?} is built per request"),
                 None if column.spec.required => Err("missing required field".to_string()),
                 None => match &column.spec.default {
                     Some(default) => coerce::stage(
@@ -646,7 +675,14 @@ impl BatchBuilder<'_> {
         }
         match self.row_error.take() {
             None => {
-                for (builder, value) in self.builders.iter_mut().zip(&self.staged) {
+                let per_request = &self.compiled.per_request;
+                for ((builder, value), _) in self
+                    .builders
+                    .iter_mut()
+                    .zip(&self.staged)
+                    .zip(per_request)
+                    .filter(|(_, per_request)| !**per_request)
+                {
                     builder.append(value, &self.scratch, &self.list_items);
                 }
                 self.accepted += 1;

@@ -124,6 +124,20 @@ fn a_datastream2_batch_is_accepted_with_every_value_decoded() {
     );
     assert_eq!(strings(&batch, "region")[1].as_deref(), Some("eu-west"));
     assert_eq!(strings(&batch, "_principal")[0].as_deref(), Some("edge-a"));
+    // Context columns are built once per request: every row holds the request's values.
+    for (name, value) in [
+        ("_principal", "edge-a"),
+        ("_origin", "worker-1"),
+        ("region", "eu-west"),
+        ("_batch_id", "b-1"),
+        ("_request_id", "r-1"),
+    ] {
+        assert_eq!(
+            strings(&batch, name),
+            vec![Some(value.to_string()); 2],
+            "{name}"
+        );
+    }
     assert_eq!(
         column(&batch, "_received_at")
             .as_primitive::<UInt32Type>()
