@@ -275,7 +275,7 @@ impl Pipeline {
                 let worker = AccumulatorThread {
                     spool: delivered.spool.clone(),
                     fallback,
-                    sort_key: encode::SortKey::of(&table_schema),
+                    sort_key: encode::SortKey::of(table_schema),
                     schema: table_schema.clone(),
                     target: target.clone(),
                     receiver,
