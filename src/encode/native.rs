@@ -270,9 +270,32 @@ fn write_gathered_strings(strings: &[&StringArray], order: &[(usize, usize)], ou
         })
         .sum();
     out.reserve(bytes + order.len());
-    for &(batch, row) in order {
+    // The rows come from the batches in key order, so each value is a cache miss of its own:
+    // the offsets of the row AHEAD rows on, and the text of the row half as far on, are fetched
+    // while this one is copied.
+    const AHEAD: usize = 16;
+    for (at, &(batch, row)) in order.iter().enumerate() {
+        if let Some(&(batch, row)) = order.get(at + AHEAD) {
+            prefetch(strings[batch].value_offsets()[row..].as_ptr());
+        }
+        if let Some(&(batch, row)) = order.get(at + AHEAD / 2) {
+            let array = strings[batch];
+            prefetch(array.values()[array.value_offsets()[row] as usize..].as_ptr());
+        }
         write_string(out, strings[batch].value(row).as_bytes());
     }
+}
+
+/// A hint to bring the cache line at `at` in; it never faults and has no other effect.
+#[inline(always)]
+fn prefetch<T>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it reads nothing the program sees and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 /// A gathered LowCardinality column. The values are looked up batch by batch, in the batches'
