@@ -89,6 +89,13 @@ pub struct DeliveryOptions {
     pub max_in_flight: usize,
 }
 
+/// What one table's encoder keeps from insert to insert (see [`DeliveryOptions::encode`]).
+#[derive(Default)]
+struct EncodeScratch {
+    column: Vec<u8>,
+    last_body: usize,
+}
+
 /// What happens when an insert finally succeeds or fails.
 struct Delivered {
     spool: Option<Arc<Spool>>,
@@ -101,16 +108,20 @@ impl DeliveryOptions {
     /// The insert body of `batch`: its Native block, in ClickHouse's compressed-block framing
     /// as configured; and whether it is framed (`decompress=1`). The block is framed a column at
     /// a time, so the uncompressed block is never held whole.
+    ///
+    /// `scratch` is the caller's, kept from insert to insert: it holds the column being framed,
+    /// and its `last_body` sizes the next body, so neither grows by copying itself.
     fn encode(
         &self,
         columns: &[encode::NativeColumn<'_>],
         rows: encode::BlockRows<'_>,
+        scratch: &mut EncodeScratch,
     ) -> Result<(Vec<u8>, bool), encode::EncodeError> {
-        let mut body = Vec::new();
-        match self.compression {
+        let mut body = Vec::with_capacity(scratch.last_body + scratch.last_body / 8);
+        let framed = match self.compression {
             Compression::None => {
                 encode::write_native_block(columns, rows, &mut body)?;
-                Ok((body, false))
+                false
             }
             compression => {
                 let mut frames = encode::FrameEncoder::new(compression, self.zstd_level);
@@ -118,11 +129,14 @@ impl DeliveryOptions {
                     columns,
                     rows,
                     encode::MAX_FRAME_INPUT_BYTES,
+                    &mut scratch.column,
                     |piece| frames.write(piece, &mut body),
                 )?;
-                Ok((body, true))
+                true
             }
-        }
+        };
+        scratch.last_body = body.len();
+        Ok((body, framed))
     }
 
     pub fn from_config(config: &Config) -> DeliveryOptions {
@@ -285,6 +299,7 @@ impl Pipeline {
                         .collect(),
                     shard_map: shard_map.clone(),
                     delivery,
+                    scratch: EncodeScratch::default(),
                 };
                 let name = format!("acc-{}-v{}", table_schema.stream, table_schema.version);
                 let thread = std::thread::Builder::new().name(name).spawn(move || {
@@ -579,6 +594,7 @@ fn start_rollup(
         receiver,
         inserts: inserts.clone(),
         delivery,
+        scratch: EncodeScratch::default(),
         max_rows: config.batch.max_rows,
         max_age: Duration::from_millis(max_age_ms),
         oldest: None,
@@ -611,6 +627,7 @@ struct RollupThread {
     receiver: crossbeam_channel::Receiver<Submission>,
     inserts: mpsc::Sender<EncodedInsert>,
     delivery: DeliveryOptions,
+    scratch: EncodeScratch,
     max_rows: usize,
     max_age: Duration,
     oldest: Option<Instant>,
@@ -704,18 +721,22 @@ impl RollupThread {
             .iter()
             .map(|(name, ch_type)| encode::NativeColumn { name, ch_type })
             .collect();
-        let (body, framed) = match self.delivery.encode(&columns, (&batch).into()) {
-            Ok(encoded) => encoded,
-            Err(err) => {
-                tracing::error!(rollup = %rollup, error = %err, "encoding failed");
-                let error = SinkError::Permanent {
-                    code: 0,
-                    message: format!("encoding failed: {err}"),
-                };
-                settle(parts.iter().map(|(r, _)| r), &Err(error), None);
-                return;
-            }
-        };
+        let (body, framed) =
+            match self
+                .delivery
+                .encode(&columns, (&batch).into(), &mut self.scratch)
+            {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    tracing::error!(rollup = %rollup, error = %err, "encoding failed");
+                    let error = SinkError::Permanent {
+                        code: 0,
+                        message: format!("encoding failed: {err}"),
+                    };
+                    settle(parts.iter().map(|(r, _)| r), &Err(error), None);
+                    return;
+                }
+            };
         metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
             .record(started.elapsed().as_secs_f64());
         let request = InsertRequest {
@@ -756,6 +777,7 @@ struct AccumulatorThread {
     accumulators: Vec<Accumulator>,
     shard_map: ShardMap,
     delivery: DeliveryOptions,
+    scratch: EncodeScratch,
 }
 
 impl AccumulatorThread {
@@ -799,7 +821,7 @@ impl AccumulatorThread {
         }
     }
 
-    fn flush(&self, pending: Pending, shard: usize) {
+    fn flush(&mut self, pending: Pending, shard: usize) {
         let Pending {
             parts,
             rows,
@@ -857,7 +879,7 @@ impl AccumulatorThread {
     }
 
     fn encode(
-        &self,
+        &mut self,
         batches: &[&RecordBatch],
         rows: usize,
         shard: usize,
@@ -881,7 +903,7 @@ impl AccumulatorThread {
                 }
             }
         };
-        let (body, framed) = self.delivery.encode(&columns, block)?;
+        let (body, framed) = self.delivery.encode(&columns, block, &mut self.scratch)?;
         Ok(InsertRequest {
             target: self.target.clone(),
             body: Bytes::from(body),

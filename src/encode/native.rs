@@ -147,14 +147,19 @@ pub fn write_native_block<'a>(
 /// order (the last piece may be shorter), so no more than about one column is held at once,
 /// not the whole block. The pieces joined are the bytes [`write_native_block`] writes. On error
 /// some pieces may have been emitted already.
+///
+/// `buffer` holds a column until it is emitted; it is cleared first. A caller that keeps it
+/// from block to block writes into memory it already has: growing it a column at a time copied
+/// and page-faulted each column anew.
 pub fn write_native_block_chunked<'a>(
     columns: &[NativeColumn<'_>],
     rows: impl Into<BlockRows<'a>>,
     chunk_bytes: usize,
+    buffer: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<(), EncodeError> {
     assert!(chunk_bytes > 0, "chunk_bytes must be positive");
-    let mut buffer = Vec::new();
+    buffer.clear();
     let mut drain = |buffer: &mut Vec<u8>| {
         let whole = buffer.len() - buffer.len() % chunk_bytes;
         for chunk in buffer[..whole].chunks(chunk_bytes) {
@@ -162,10 +167,11 @@ pub fn write_native_block_chunked<'a>(
         }
         buffer.drain(..whole);
     };
-    write_block(columns, rows.into(), &mut buffer, &mut drain)?;
+    write_block(columns, rows.into(), buffer, &mut drain)?;
     if !buffer.is_empty() {
-        emit(&buffer);
+        emit(buffer);
     }
+    buffer.clear();
     Ok(())
 }
 
@@ -873,9 +879,11 @@ mod tests {
         ];
         let mut whole = Vec::new();
         write_native_block(&columns, &batch, &mut whole).unwrap();
+        // One buffer for every block, as a caller keeps it; what it held before is not written.
+        let mut buffer = b"left over".to_vec();
         for chunk_bytes in [1, 7, 64, whole.len(), whole.len() + 1] {
             let mut pieces: Vec<Vec<u8>> = Vec::new();
-            write_native_block_chunked(&columns, &batch, chunk_bytes, |piece| {
+            write_native_block_chunked(&columns, &batch, chunk_bytes, &mut buffer, |piece| {
                 pieces.push(piece.to_vec())
             })
             .unwrap();
