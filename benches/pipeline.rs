@@ -1,5 +1,6 @@
 //! Criterion benches of the hot path, on generated DataStream 2-style `edge_access` traffic:
-//! decode + validate per body format (with and without gzip), and Native encoding with each
+//! decode + validate per body format (with and without gzip), gunzip alone (sluice's libdeflate
+//! path beside flate2 over zlib-rs, the reader it replaced), and Native encoding with each
 //! block compression, one batch as it is and the batches of a flush in `ORDER BY` order.
 
 mod common;
@@ -63,6 +64,35 @@ fn decode_validate(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+}
+
+/// Gunzip of one NDJSON body: sluice's path (libdeflate, whole member into unzeroed memory)
+/// and `flate2`'s multi-member reader over zlib-rs into a reused vector, as sluice did before.
+fn gunzip(c: &mut Criterion) {
+    use std::io::Read;
+    let rows = Generator::new(1).edge_access(ROWS);
+    let plain = generator::encode_access(&rows, Format::Ndjson);
+    let body = generator::compress(&plain, Encoding::Gzip);
+    let mut group = c.benchmark_group("gunzip");
+    group.throughput(Throughput::Bytes(plain.len() as u64));
+    let mut out = Vec::new();
+    group.bench_function("sluice", |b| {
+        b.iter(|| {
+            decode::decompress_into(&body, ContentEncoding::Gzip, usize::MAX, &mut out).unwrap();
+            assert_eq!(out.len(), plain.len());
+        })
+    });
+    group.bench_function("flate2_zlib_rs", |b| {
+        b.iter(|| {
+            out.clear();
+            out.reserve(plain.len());
+            flate2::bufread::MultiGzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out.len(), plain.len());
+        })
+    });
     group.finish();
 }
 
@@ -158,6 +188,6 @@ fn encode_gathered(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = decode_validate, encode_native, encode_gathered
+    targets = decode_validate, gunzip, encode_native, encode_gathered
 }
 criterion_main!(benches);

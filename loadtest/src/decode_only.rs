@@ -38,6 +38,7 @@ pub struct DecodeOnly {
 
 /// Reusable state of the decoder.
 struct Decoder {
+    inflater: libdeflater::Decompressor,
     decompressed: Vec<u8>,
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
@@ -47,6 +48,7 @@ struct Decoder {
 impl Decoder {
     fn new() -> Decoder {
         Decoder {
+            inflater: libdeflater::Decompressor::new(),
             decompressed: Vec::new(),
             scratch: Vec::new(),
             buffers: simd_json::Buffers::new(4096),
@@ -56,15 +58,29 @@ impl Decoder {
 
     /// Decompresses and parses one body; returns its record count.
     fn decode(&mut self, body: &[u8], format: Format, encoding: Encoding) -> anyhow::Result<u64> {
-        self.decompressed.clear();
         match encoding {
-            Encoding::Identity => self.decompressed.extend_from_slice(body),
+            Encoding::Identity => {
+                self.decompressed.clear();
+                self.decompressed.extend_from_slice(body);
+            }
+            // One whole-buffer inflate into a buffer of the trailer's size, as sluice does
+            // (the generator writes one gzip member per body); bytes left from the last body are
+            // overwritten, not zeroed first.
             Encoding::Gzip => {
-                flate2::read::GzDecoder::new(body)
-                    .read_to_end(&mut self.decompressed)
-                    .context("gunzip")?;
+                let size = body
+                    .last_chunk::<4>()
+                    .map_or(0, |isize| u32::from_le_bytes(*isize) as usize);
+                self.decompressed.resize(size, 0);
+                let written = self
+                    .inflater
+                    .gzip_decompress(body, &mut self.decompressed)
+                    .map_err(|err| anyhow::anyhow!("gunzip: {err}"))?;
+                if written != size {
+                    bail!("gunzip: {written} bytes, the trailer says {size}");
+                }
             }
             Encoding::Zstd => {
+                self.decompressed.clear();
                 zstd::stream::read::Decoder::new(body)
                     .context("zstd")?
                     .read_to_end(&mut self.decompressed)

@@ -10,6 +10,7 @@
 //! A record that cannot be parsed inside a body that can be framed is reported to the visitor as
 //! malformed (a row reject); only a body that cannot be framed at all is a [`DecodeError`].
 
+mod gzip;
 mod json;
 mod text;
 
@@ -203,7 +204,7 @@ pub fn decompress_into(
     ) -> Result<(), DecodeError> {
         out.reserve(size_hint.min(limit));
         reader
-            .take(limit as u64 + 1)
+            .take((limit as u64).saturating_add(1))
             .read_to_end(out)
             .map_err(|err| DecodeError::Decompress {
                 encoding,
@@ -225,14 +226,28 @@ pub fn decompress_into(
             out.extend_from_slice(body);
             Ok(())
         }
-        // Read straight from the body (no copy through a buffer) into a vector sized once.
-        ContentEncoding::Gzip => read_capped(
-            flate2::bufread::MultiGzDecoder::new(body),
-            "gzip",
-            gzip_size_hint(body),
-            max_decompressed,
-            out,
-        ),
+        ContentEncoding::Gzip => {
+            let size_hint = gzip_size_hint(body);
+            if !body.is_empty() {
+                match gzip::inflate(body, size_hint, max_decompressed, out) {
+                    gzip::Inflated::Done => return Ok(()),
+                    gzip::Inflated::TooLarge => {
+                        return Err(DecodeError::DecompressedTooLarge {
+                            limit: max_decompressed,
+                        });
+                    }
+                    gzip::Inflated::Refused => out.clear(),
+                }
+            }
+            // What libdeflate refused, read again for flate2's account of what is wrong.
+            read_capped(
+                flate2::bufread::MultiGzDecoder::new(body),
+                "gzip",
+                size_hint,
+                max_decompressed,
+                out,
+            )
+        }
         ContentEncoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|err| {
                 DecodeError::Decompress {
@@ -377,6 +392,16 @@ pub(crate) mod tests {
         );
 
         let zst = zstd::encode_all(&vec![b'a'; 1 << 20][..], 3).unwrap();
+        // No limit at all (usize::MAX) is no limit, not an overflow into a limit of 0.
+        for (body, encoding) in [
+            (&bomb, ContentEncoding::Gzip),
+            (&zst, ContentEncoding::Zstd),
+        ] {
+            assert_eq!(
+                decompress(body, encoding, usize::MAX).unwrap().len(),
+                1 << 20
+            );
+        }
         assert_eq!(
             decompress(&zst, ContentEncoding::Zstd, 1000),
             Err(DecodeError::DecompressedTooLarge { limit: 1000 })
