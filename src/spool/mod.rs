@@ -37,7 +37,7 @@ mod record;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -398,7 +398,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, receiver: crossbeam_channel::Receiver<Append>) {
         let mut group: Vec<Append> = Vec::new();
-        let mut buffer: Vec<u8> = Vec::new();
+        let mut headers: Vec<u8> = Vec::new();
         let interval = Duration::from_millis(self.config.fsync_interval_ms);
         loop {
             let first = match (self.dirty, self.config.fsync) {
@@ -420,19 +420,29 @@ impl Writer {
             };
             group.push(first);
             group.extend(receiver.try_iter());
-            buffer.clear();
+            // Each record is a header (magic, length, CRC32, id) and its payload; the headers go
+            // into one buffer and the payloads are written from where they are (one writev).
+            headers.clear();
             let first_id = self.next_id;
             for append in &group {
-                let id = self.next_id;
+                let id = self.next_id.to_le_bytes();
                 self.next_id += 1;
-                let mut payload = id.to_le_bytes().to_vec();
-                payload.extend_from_slice(&append.payload);
-                buffer.extend_from_slice(MAGIC);
-                buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-                buffer.extend_from_slice(&payload);
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&id);
+                crc.update(&append.payload);
+                headers.extend_from_slice(MAGIC);
+                headers
+                    .extend_from_slice(&((id.len() + append.payload.len()) as u32).to_le_bytes());
+                headers.extend_from_slice(&crc.finalize().to_le_bytes());
+                headers.extend_from_slice(&id);
             }
-            let result = self.write_group(first_id, group.len(), &buffer);
+            let mut slices: Vec<IoSlice<'_>> = headers
+                .chunks(HEADER_BYTES + size_of::<RecordId>())
+                .zip(&group)
+                .flat_map(|(header, append)| [IoSlice::new(header), IoSlice::new(&append.payload)])
+                .collect();
+            let result = self.write_group(first_id, group.len(), &mut slices);
+            drop(slices);
             if result.is_ok() && self.config.fsync == FsyncPolicy::Interval {
                 self.dirty = true;
                 if self.last_sync.elapsed() >= interval {
@@ -465,7 +475,15 @@ impl Writer {
         self.last_sync = Instant::now();
     }
 
-    fn write_group(&mut self, first_id: RecordId, count: usize, buffer: &[u8]) -> io::Result<()> {
+    /// Appends the records `first_id..first_id + count`, written as `slices`, to the active
+    /// segment (a new one when it is full).
+    fn write_group(
+        &mut self,
+        first_id: RecordId,
+        count: usize,
+        mut slices: &mut [IoSlice<'_>],
+    ) -> io::Result<()> {
+        let bytes: usize = slices.iter().map(|s| s.len()).sum();
         let roll = match &self.file {
             None => true,
             Some((first, _)) => {
@@ -495,7 +513,14 @@ impl Writer {
         }
         let (segment_first, file) = self.file.as_mut().expect("opened above");
         let segment_first = *segment_first;
-        file.write_all(buffer)?;
+        while !slices.is_empty() {
+            match file.write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
         if self.config.fsync == FsyncPolicy::Always {
             file.sync_data()?;
         }
@@ -504,11 +529,10 @@ impl Writer {
             .segments
             .get_mut(&segment_first)
             .expect("active segment");
-        segment.bytes += buffer.len() as u64;
+        segment.bytes += bytes as u64;
         segment.records.extend(first_id..first_id + count as u64);
         drop(state);
-        self.used_bytes
-            .fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        self.used_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
 }
