@@ -96,19 +96,27 @@ fn gunzip(c: &mut Criterion) {
     group.finish();
 }
 
+/// An uncompressed NDJSON body, decoded and validated.
+fn validate_ndjson(
+    compiled: &sluice::validate::CompiledSchema,
+    context: &RequestContext,
+    body: &[u8],
+) -> sluice::validate::ValidatedBatch {
+    common::decode_validate(
+        compiled,
+        context,
+        body,
+        ContentEncoding::Identity,
+        decode::BodyFormat::Ndjson,
+    )
+}
+
 fn encode_native(c: &mut Criterion) {
     let compiled = Arc::new(common::compiled());
     let context = context();
     let rows = Generator::new(2).edge_access(100_000);
     let body = generator::encode_access(&rows, Format::Ndjson);
-    let batch = common::decode_validate(
-        &compiled,
-        &context,
-        &body,
-        ContentEncoding::Identity,
-        decode::BodyFormat::Ndjson,
-    )
-    .batch;
+    let batch = validate_ndjson(&compiled, &context, &body).batch;
     let columns = encode::native_columns(&compiled.schema);
     let mut native = Vec::new();
     encode::write_native_block(&columns, &batch, &mut native).unwrap();
@@ -152,13 +160,7 @@ fn encode_gathered(c: &mut Criterion) {
                 origin: "bench-worker".into(),
                 ..context()
             };
-            let batch = common::decode_validate(
-                &compiled,
-                &context,
-                &body,
-                ContentEncoding::Identity,
-                decode::BodyFormat::Ndjson,
-            );
+            let batch = validate_ndjson(&compiled, &context, &body);
             assert_eq!(batch.accepted, 5_000);
             batch.batch
         })
