@@ -721,22 +721,21 @@ impl RollupThread {
             .iter()
             .map(|(name, ch_type)| encode::NativeColumn { name, ch_type })
             .collect();
-        let (body, framed) =
-            match self
-                .delivery
-                .encode(&columns, (&batch).into(), &mut self.scratch)
-            {
-                Ok(encoded) => encoded,
-                Err(err) => {
-                    tracing::error!(rollup = %rollup, error = %err, "encoding failed");
-                    let error = SinkError::Permanent {
-                        code: 0,
-                        message: format!("encoding failed: {err}"),
-                    };
-                    settle(parts.iter().map(|(r, _)| r), &Err(error), None);
-                    return;
-                }
-            };
+        let encoded = self
+            .delivery
+            .encode(&columns, (&batch).into(), &mut self.scratch);
+        let (body, framed) = match encoded {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                tracing::error!(rollup = %rollup, error = %err, "encoding failed");
+                let error = SinkError::Permanent {
+                    code: 0,
+                    message: format!("encoding failed: {err}"),
+                };
+                settle(parts.iter().map(|(r, _)| r), &Err(error), None);
+                return;
+            }
+        };
         metrics::histogram!("sluice_encode_seconds", "table" => self.target.table.clone())
             .record(started.elapsed().as_secs_f64());
         let request = InsertRequest {
