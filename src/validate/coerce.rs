@@ -11,6 +11,7 @@ use simd_json::prelude::{
     TypedValue as _, ValueAsScalar as _, ValueIntoString as _, ValueType, Writable as _,
 };
 
+use super::column::ColumnBuilder;
 use crate::decode::JsonValue;
 use crate::schema::{ChType, Column, ValueFormat};
 
@@ -55,22 +56,6 @@ impl<'a> Json<'a> {
     }
 }
 
-/// One column's value for the current row, owned: strings live in the row's scratch buffer.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Staged {
-    /// Not seen (yet) in this row.
-    Unset,
-    Null,
-    U64(u64),
-    I64(i64),
-    F64(f64),
-    /// `scratch[start..end]`.
-    Str(u32, u32),
-    /// `list_items[first..last]`.
-    List(u32, u32),
-    Bytes16([u8; 16]),
-}
-
 #[derive(Clone, Copy)]
 enum Number {
     Unsigned(u64),
@@ -78,18 +63,26 @@ enum Number {
     Float(f64),
 }
 
-/// Coerces `value` for `column`. Returns `Staged::Unset` when the value means "absent".
+/// Buffers of one request's coercions: text that is not in the body as it is stored (URL-decoded,
+/// a number written as text, re-encoded JSON) and list items.
+#[derive(Default)]
+pub(super) struct Scratch {
+    text: String,
+    url: Vec<u8>,
+    items: Vec<(u32, u32)>,
+}
+
+/// Coerces `value` for `column` and appends it to the column's builder. Returns `false`, and
+/// appends nothing, when the value means "absent"; on an error nothing is appended either.
 /// `url_encoded`: the sender URL-encodes text, so `url_decode` columns are decoded.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stage(
+pub(super) fn append(
     column: &Column,
     value: Raw<'_>,
     absent: &[String],
     url_encoded: bool,
-    scratch: &mut String,
-    list_items: &mut Vec<(u32, u32)>,
-    url_buffer: &mut Vec<u8>,
-) -> Result<Staged, String> {
+    builder: &mut ColumnBuilder,
+    scratch: &mut Scratch,
+) -> Result<bool, String> {
     let ty = column.ch_type.value_type();
     let is_text_type = matches!(ty, ChType::String | ChType::FixedString(_));
     let is_absent = match value {
@@ -99,9 +92,9 @@ pub(super) fn stage(
         Raw::Json(_) => false,
     };
     if is_absent {
-        return Ok(Staged::Unset);
+        return Ok(false);
     }
-    let staged = match ty {
+    match ty {
         ChType::UInt8 | ChType::UInt16 | ChType::UInt32 | ChType::UInt64 => {
             let max = match ty {
                 ChType::UInt8 => u8::MAX as u64,
@@ -111,7 +104,7 @@ pub(super) fn stage(
             };
             let v = unsigned(value, ty, max)?;
             check_range(column, v as f64)?;
-            Staged::U64(v)
+            builder.append_u64(v);
         }
         ChType::Int8 | ChType::Int16 | ChType::Int32 | ChType::Int64 => {
             let (min, max) = match ty {
@@ -122,7 +115,7 @@ pub(super) fn stage(
             };
             let v = signed(value, ty, min, max)?;
             check_range(column, v as f64)?;
-            Staged::I64(v)
+            builder.append_i64(v);
         }
         ChType::Float32 | ChType::Float64 => {
             let v = match number(value) {
@@ -132,13 +125,13 @@ pub(super) fn stage(
                 None => return Err(expected(ty, value)),
             };
             check_range(column, v)?;
-            Staged::F64(v)
+            builder.append_f64(v);
         }
-        ChType::DateTime => Staged::U64(unix_seconds(value)?),
+        ChType::DateTime => builder.append_u64(unix_seconds(value)?),
         ChType::Enum8(variants) => {
             let name = text_of(value).ok_or_else(|| expected(ty, value))?;
             match variants.iter().find(|(n, _)| n == name) {
-                Some((_, code)) => Staged::I64(*code as i64),
+                Some((_, code)) => builder.append_i64(*code as i64),
                 None => {
                     let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
                     return Err(format!("{} is not one of {}", got(value), names.join(", ")));
@@ -148,42 +141,22 @@ pub(super) fn stage(
         ChType::UUID => {
             let text = text_of(value).ok_or_else(|| expected(ty, value))?;
             let uuid = uuid::Uuid::try_parse(text.trim()).map_err(|_| expected(ty, value))?;
-            Staged::Bytes16(*uuid.as_bytes())
+            builder.append_bytes16(uuid.as_bytes());
         }
         ChType::String | ChType::FixedString(_) => {
-            let start = scratch.len();
-            push_string(column, value, url_encoded, scratch, url_buffer)?;
-            let text = &scratch[start..];
+            let text = text(column, value, url_encoded, scratch)?;
             check_text(column, ty, text)?;
-            Staged::Str(start as u32, scratch.len() as u32)
+            builder.append_str(text);
         }
-        ChType::Array(_) => stage_list(value, scratch, list_items)?,
+        ChType::Array(_) => {
+            list(value, scratch)?;
+            builder.append_list(&scratch.text, &scratch.items);
+        }
         ChType::Nullable(_) | ChType::LowCardinality(_) => {
             unreachable!("value_type strips wrappers")
         }
-    };
-    Ok(staged)
-}
-
-/// Stages a context value (principal, region, …) as text.
-pub(super) fn stage_text(scratch: &mut String, text: &str) -> Staged {
-    let start = scratch.len();
-    scratch.push_str(text);
-    Staged::Str(start as u32, scratch.len() as u32)
-}
-
-/// The value an absent, non-nullable column without a default gets: ClickHouse's default.
-pub(super) fn zero_value(ch_type: &ChType, scratch: &mut String) -> Staged {
-    match ch_type.value_type() {
-        ChType::String | ChType::FixedString(_) => stage_text(scratch, ""),
-        ChType::Int8 | ChType::Int16 | ChType::Int32 | ChType::Int64 => Staged::I64(0),
-        ChType::Float32 | ChType::Float64 => Staged::F64(0.0),
-        ChType::UUID => Staged::Bytes16([0; 16]),
-        ChType::Array(_) => Staged::List(0, 0),
-        // An Enum8 column's zero is its first variant: 0 may not be a valid code.
-        ChType::Enum8(variants) => Staged::I64(variants[0].1 as i64),
-        _ => Staged::U64(0),
     }
+    Ok(true)
 }
 
 fn check_range(column: &Column, v: f64) -> Result<(), String> {
@@ -232,48 +205,47 @@ fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Appends the text form of `value` to `scratch`.
-fn push_string(
+/// The text form of `value`: the body's own text when it needs no decoding (the common case,
+/// no copy), else text written into `scratch`.
+fn text<'a>(
     column: &Column,
-    value: Raw<'_>,
+    value: Raw<'a>,
     url_encoded: bool,
-    scratch: &mut String,
-    url_buffer: &mut Vec<u8>,
-) -> Result<(), String> {
+    scratch: &'a mut Scratch,
+) -> Result<&'a str, String> {
     let text: &str = match value {
         Raw::Text(t) => t,
         Raw::Json(Json::String(s)) => s,
         Raw::Json(Json::Static(node)) => {
+            scratch.text.clear();
             match node {
-                StaticNode::I64(v) => write!(scratch, "{v}").expect("write to String"),
-                StaticNode::U64(v) => write!(scratch, "{v}").expect("write to String"),
-                StaticNode::F64(v) => write!(scratch, "{v}").expect("write to String"),
-                StaticNode::Bool(v) => scratch.push_str(if v { "true" } else { "false" }),
+                StaticNode::I64(v) => write!(scratch.text, "{v}").expect("write to String"),
+                StaticNode::U64(v) => write!(scratch.text, "{v}").expect("write to String"),
+                StaticNode::F64(v) => write!(scratch.text, "{v}").expect("write to String"),
+                StaticNode::Bool(v) => scratch.text.push_str(if v { "true" } else { "false" }),
                 StaticNode::Null => {}
             }
-            return Ok(());
+            return Ok(&scratch.text);
         }
         Raw::Json(composite) => {
             if column.spec.json {
-                scratch.push_str(&composite.encode());
-                return Ok(());
+                scratch.text = composite.encode();
+                return Ok(&scratch.text);
             }
             return Err(expected(&column.ch_type, value));
         }
     };
     if url_encoded
         && column.spec.url_decode
-        && memchr::memchr2(b'%', b'+', text.as_bytes()).is_some()
+        && let Some(at) = memchr::memchr2(b'%', b'+', text.as_bytes())
     {
-        url_buffer.clear();
-        url_decode_into(text.as_bytes(), url_buffer);
-        let decoded = std::str::from_utf8(url_buffer)
-            .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string())?;
-        scratch.push_str(decoded);
-    } else {
-        scratch.push_str(text);
+        scratch.url.clear();
+        scratch.url.extend_from_slice(&text.as_bytes()[..at]);
+        url_decode_into(&text.as_bytes()[at..], &mut scratch.url);
+        return std::str::from_utf8(&scratch.url)
+            .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string());
     }
-    Ok(())
+    Ok(text)
 }
 
 /// URL decoding (RFC 1738): `+` is a space, `%XX` a byte, and a `%` without two hex digits after
@@ -306,36 +278,35 @@ pub(super) fn url_decode_into(mut text: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(text);
 }
 
-fn stage_list(
-    value: Raw<'_>,
-    scratch: &mut String,
-    list_items: &mut Vec<(u32, u32)>,
-) -> Result<Staged, String> {
-    let first = list_items.len() as u32;
-    let mut push = |scratch: &mut String, item: &str| {
-        let start = scratch.len() as u32;
-        scratch.push_str(item);
-        list_items.push((start, scratch.len() as u32));
+/// The items of an Array(String) value, into `scratch.text` and `scratch.items`.
+fn list(value: Raw<'_>, scratch: &mut Scratch) -> Result<(), String> {
+    let Scratch { text, items, .. } = scratch;
+    text.clear();
+    items.clear();
+    let mut push = |item: &str| {
+        let start = text.len() as u32;
+        text.push_str(item);
+        items.push((start, text.len() as u32));
     };
     match value {
-        Raw::Json(Json::Array(items)) => {
-            let items = items.as_array().expect("Json::Array holds an array");
-            for item in items.iter() {
+        Raw::Json(Json::Array(array)) => {
+            let array = array.as_array().expect("Json::Array holds an array");
+            for item in array.iter() {
                 match Json::of(item) {
-                    Json::String(s) => push(scratch, s),
+                    Json::String(s) => push(s),
                     Json::Static(StaticNode::Null) => {
                         return Err("array items cannot be null".to_string());
                     }
-                    Json::Static(node) => push(scratch, &node.to_string()),
+                    Json::Static(node) => push(&node.to_string()),
                     _ => return Err("array items must be strings".to_string()),
                 }
             }
         }
-        Raw::Json(Json::String(text)) => split_list(text, &mut |item| push(scratch, item))?,
-        Raw::Text(text) => split_list(text, &mut |item| push(scratch, item))?,
+        Raw::Json(Json::String(text)) => split_list(text, &mut push)?,
+        Raw::Text(text) => split_list(text, &mut push)?,
         Raw::Json(_) => return Err(expected(&ChType::Array(Box::new(ChType::String)), value)),
     }
-    Ok(Staged::List(first, list_items.len() as u32))
+    Ok(())
 }
 
 /// A list sent as text: a JSON array of strings, or comma-separated items.

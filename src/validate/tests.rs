@@ -455,3 +455,84 @@ fn url_decoding_matches_percent_encoding() {
         assert_eq!(decoded, expected, "{text:?}");
     }
 }
+
+#[test]
+fn rows_that_fail_after_good_fields_leave_no_trace_in_any_column() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let row = |id: &str, status: &str, path: &str, extra: &str| {
+        format!(
+            r#"{{"reqId":"{id}","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"{status}","reqHost":"h","reqMethod":"GET","reqPath":"{path}"{extra}}}"#
+        )
+    };
+    let body = [
+        row("a", "200", "/a", ""),
+        // Fails on its fourth field, after three values went into their columns.
+        row("b", "abc", "/b", ""),
+        row("c", "201", "/c", r#","timeToFirstByte":"7""#),
+        // Fails at the end of the row: a required field is missing, defaults already appended.
+        row("d", "202", "/d", "").replace(r#","reqHost":"h""#, ""),
+        // Fails on a repeated field, its last.
+        row("e", "203", "/e", r#","reqId":"again""#),
+        row("f", "204", "/f%20x", r#","asn":"64500""#),
+    ]
+    .join("\n");
+    let batch = validate(&compiled, BodyFormat::Ndjson, &body);
+    assert_eq!((batch.accepted, batch.rejected), (3, 3));
+    assert_eq!(batch.batch.num_rows(), 3);
+    let ids: Vec<Option<String>> = strings(&batch, "request_id");
+    assert_eq!(ids, [Some("a".into()), Some("c".into()), Some("f".into())]);
+    let statuses: Vec<u16> = column(&batch, "status")
+        .as_primitive::<UInt16Type>()
+        .values()
+        .to_vec();
+    assert_eq!(statuses, [200, 201, 204]);
+    assert_eq!(
+        strings(&batch, "path"),
+        [Some("/a".into()), Some("/c".into()), Some("/f x".into())]
+    );
+    let ttfb = column(&batch, "ttfb_ms").as_primitive::<UInt32Type>();
+    assert_eq!(ttfb.iter().collect::<Vec<_>>(), [None, Some(7), None]);
+    let asn = column(&batch, "asn").as_primitive::<UInt32Type>();
+    assert_eq!(asn.iter().collect::<Vec<_>>(), [None, None, Some(64500)]);
+    let errors: Vec<(usize, Option<&str>)> = batch
+        .errors
+        .iter()
+        .map(|e| (e.line, e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (2, Some("statusCode")),
+            (4, Some("reqHost")),
+            (5, Some("reqId"))
+        ]
+    );
+}
+
+#[test]
+fn field_names_compare_as_strings() {
+    let names = [
+        "",
+        "a",
+        "ab",
+        "abc",
+        "abcd",
+        "abcde",
+        "reqPath",
+        "reqTimeS",
+        "reqTimeSec",
+        "tlsOverheadTimeMSec",
+    ];
+    for a in names {
+        for b in names {
+            assert_eq!(super::same_name(a, b), a == b, "{a:?} {b:?}");
+            let mut changed = b.to_string().into_bytes();
+            for i in 0..changed.len() {
+                changed[i] ^= 1;
+                let changed_text = std::str::from_utf8(&changed).unwrap();
+                assert_eq!(super::same_name(a, changed_text), a == changed_text);
+                changed[i] ^= 1;
+            }
+        }
+    }
+}
