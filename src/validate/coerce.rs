@@ -249,33 +249,44 @@ fn text<'a>(
 }
 
 /// URL decoding (RFC 1738): `+` is a space, `%XX` a byte, and a `%` without two hex digits after
-/// it stays as it is, as the `percent-encoding` crate decodes. One pass that finds escapes with
-/// memchr and copies the runs between them whole; the test compares it with that crate.
-pub(super) fn url_decode_into(mut text: &[u8], out: &mut Vec<u8>) {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    while let Some(at) = memchr::memchr2(b'%', b'+', text) {
-        out.extend_from_slice(&text[..at]);
-        let escape = (text[at] == b'%')
-            .then(|| Some(hex(*text.get(at + 1)?)? << 4 | hex(*text.get(at + 2)?)?))
-            .flatten();
-        match (text[at], escape) {
-            (b'+', _) => {
-                out.push(b' ');
-                text = &text[at + 1..];
-            }
-            (_, Some(byte)) => {
-                out.push(byte);
-                text = &text[at + 3..];
-            }
-            (_, None) => {
-                out.push(b'%');
-                text = &text[at + 1..];
-            }
+/// it stays as it is, as the `percent-encoding` crate decodes; the tests compare the two. One
+/// byte at a time: values that need decoding at all (user agents, referers) are dense with
+/// escapes, where a search per escape costs more than it skips.
+pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
+    /// Hex digit values; 0xFF for bytes that are not hex digits.
+    const HEX: [u8; 256] = {
+        let mut table = [0xFF; 256];
+        let mut i = 0;
+        while i < 10 {
+            table[b'0' as usize + i] = i as u8;
+            i += 1;
         }
+        let mut i = 0;
+        while i < 6 {
+            table[b'a' as usize + i] = 10 + i as u8;
+            table[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        table
+    };
+    out.reserve(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let byte = text[i];
+        i += 1;
+        out.push(match byte {
+            b'+' => b' ',
+            b'%' if i + 2 <= text.len()
+                && HEX[text[i] as usize] != 0xFF
+                && HEX[text[i + 1] as usize] != 0xFF =>
+            {
+                let decoded = HEX[text[i] as usize] << 4 | HEX[text[i + 1] as usize];
+                i += 2;
+                decoded
+            }
+            other => other,
+        });
     }
-    out.extend_from_slice(text);
 }
 
 /// The items of an Array(String) value, into `scratch.text` and `scratch.items`.
@@ -334,6 +345,15 @@ fn number(value: Raw<'_>) -> Option<Number> {
 }
 
 fn parse_number(text: &str) -> Option<Number> {
+    // Most numbers are plain digits (DataStream 2 sends them all as strings): read them in one
+    // pass. 19 digits always fit in a u64.
+    let bytes = text.as_bytes();
+    if !bytes.is_empty() && bytes.len() <= 19 && bytes.iter().all(u8::is_ascii_digit) {
+        let v = bytes
+            .iter()
+            .fold(0u64, |v, &digit| v * 10 + u64::from(digit - b'0'));
+        return Some(Number::Unsigned(v));
+    }
     let text = text.trim();
     if let Ok(v) = text.parse::<u64>() {
         return Some(Number::Unsigned(v));
@@ -470,4 +490,40 @@ pub(super) fn push_json_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Number, parse_number, url_decode_into};
+
+    /// What `percent-encoding` makes of `text`, with `+` as a space.
+    fn reference_decode(text: &str) -> Vec<u8> {
+        text.split('+')
+            .map(|part| percent_encoding::percent_decode_str(part).collect::<Vec<u8>>())
+            .collect::<Vec<_>>()
+            .join(&b' ')
+    }
+
+    proptest! {
+        #[test]
+        fn url_decoding_matches_percent_encoding_on_any_text(text in "[%+aAfFgz09 é]{0,24}") {
+            let mut decoded = b"kept".to_vec();
+            url_decode_into(text.as_bytes(), &mut decoded);
+            let mut expected = b"kept".to_vec();
+            expected.extend(reference_decode(&text));
+            prop_assert_eq!(decoded, expected);
+        }
+
+        #[test]
+        fn digit_strings_read_as_the_standard_parser_reads_them(text in "[0-9]{1,21}|[+ 0-9]{1,4}") {
+            let ours = match parse_number(&text) {
+                Some(Number::Unsigned(v)) => Some(v),
+                _ => None,
+            };
+            let std = text.trim().parse::<u64>().ok();
+            prop_assert_eq!(ours, std, "{:?}", text);
+        }
+    }
 }
