@@ -1,4 +1,4 @@
-//! Coercion of one body value into one column's staging slot, with the column's constraints.
+//! Coercion of one body value into its column's builder, with the column's constraints.
 //!
 //! Senders disagree on types: DataStream 2 sends every value as a string and `-` for absent,
 //! Logpush sends unix nanoseconds or RFC 3339, custom workers send real JSON numbers. Each rule

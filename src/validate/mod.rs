@@ -180,7 +180,7 @@ pub struct CompiledSchema {
     /// how much room [`CompiledSchema::begin_sized`] gives the next one.
     string_bytes_per_row: Vec<std::sync::atomic::AtomicU32>,
     /// Per column: its value is the same in every row of a request (a context column other
-    /// than `extra`). Such a column is built once per request, not staged per row.
+    /// than `extra`). Such a column is built once per request, not appended to per row.
     per_request: Vec<bool>,
     /// Columns that get a value in every row (all but the per-request ones).
     row_columns: usize,
@@ -434,8 +434,8 @@ impl BatchBuilder<'_> {
         }
     }
 
-    /// [`Self::stage_at`] for the `position`-th field of a JSON record.
-    fn stage_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
+    /// [`Self::append_field`] for the `position`-th field of a JSON record.
+    fn append_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
         let index = match self.json_fields.get(position) {
             Some((known, index)) if same_name(known, name) => *index,
             _ => {
@@ -448,20 +448,20 @@ impl BatchBuilder<'_> {
                 index
             }
         };
-        self.stage_at(index, name, value);
+        self.append_field(index, name, value);
     }
 
     /// Appends a field whose column is `index` (`None`: not a column of the schema).
-    fn stage_at(&mut self, index: Option<usize>, name: &str, value: Raw<'_>) {
+    fn append_field(&mut self, index: Option<usize>, name: &str, value: Raw<'_>) {
         match index {
-            Some(index) => self.stage_into(index, name, value),
+            Some(index) => self.append_to(index, name, value),
             None => self.unknown_field(name, value),
         }
     }
 
     /// Coerces a value and appends it to column `index`; `name` is the field as the sender
     /// named it.
-    fn stage_into(&mut self, index: usize, name: &str, value: Raw<'_>) {
+    fn append_to(&mut self, index: usize, name: &str, value: Raw<'_>) {
         if self.row_error.is_some() {
             return;
         }
@@ -708,7 +708,7 @@ impl RecordVisitor for BatchBuilder<'_> {
         let failure = match record.as_object() {
             Some(fields) => {
                 for (position, (name, value)) in fields.iter().enumerate() {
-                    self.stage_json_field(position, name, Raw::Json(Json::of(value)));
+                    self.append_json_field(position, name, Raw::Json(Json::of(value)));
                 }
                 self.end_row(line)
             }
@@ -740,7 +740,7 @@ impl RecordVisitor for BatchBuilder<'_> {
         } else {
             let names = std::mem::take(&mut self.text_names);
             for ((name, index), value) in names.iter().zip(fields) {
-                self.stage_at(*index, name, Raw::Text(value));
+                self.append_field(*index, name, Raw::Text(value));
             }
             self.text_names = names;
             self.end_row(line)
