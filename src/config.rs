@@ -381,7 +381,8 @@ impl ClickHouseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Rows per insert.
+    /// Rows per insert. The default is about ClickHouse's own block size
+    /// (`max_insert_block_size`); for wide rows `max_bytes` comes first.
     #[serde(default = "default_batch_rows")]
     pub max_rows: usize,
     /// Arrow bytes per insert (before encoding).
@@ -591,7 +592,7 @@ fn default_max_inserts_in_flight() -> usize {
     4
 }
 fn default_batch_rows() -> usize {
-    100_000
+    1_000_000
 }
 fn default_batch_bytes() -> usize {
     64 << 20
@@ -908,7 +909,7 @@ mod tests {
     #[test]
     fn defaults_fill_a_minimal_config() {
         let config = Config::from_toml(MINIMAL).unwrap();
-        assert_eq!(config.batch.max_rows, 100_000);
+        assert_eq!(config.batch.max_rows, 1_000_000);
         assert_eq!(config.clickhouse.compression, Compression::Lz4);
         assert_eq!(config.admin.listen.port(), 9090);
     }
