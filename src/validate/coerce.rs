@@ -348,11 +348,19 @@ fn parse_number(text: &str) -> Option<Number> {
     // Most numbers are plain digits (DataStream 2 sends them all as strings): read them in one
     // pass. 19 digits always fit in a u64.
     let bytes = text.as_bytes();
-    if !bytes.is_empty() && bytes.len() <= 19 && bytes.iter().all(u8::is_ascii_digit) {
-        let v = bytes
-            .iter()
-            .fold(0u64, |v, &digit| v * 10 + u64::from(digit - b'0'));
-        return Some(Number::Unsigned(v));
+    if !bytes.is_empty() && bytes.len() <= 19 {
+        // Digits are checked and added up in the same pass, without a branch per byte; the sum
+        // is used only when every byte was a digit.
+        let (v, digits) = bytes.iter().fold((0u64, true), |(v, digits), &byte| {
+            let digit = byte.wrapping_sub(b'0');
+            (
+                v.wrapping_mul(10).wrapping_add(u64::from(digit)),
+                digits & (digit < 10),
+            )
+        });
+        if digits {
+            return Some(Number::Unsigned(v));
+        }
     }
     let text = text.trim();
     if let Ok(v) = text.parse::<u64>() {
