@@ -524,8 +524,13 @@ mod tests {
             prop_assert_eq!(decoded, expected);
         }
 
+        /// Digit strings of every length around the 19-digit fast path, and short strings
+        /// with the bytes on either side of '0'..='9' ('/' and ':'), which the one-pass check
+        /// must refuse.
         #[test]
-        fn digit_strings_read_as_the_standard_parser_reads_them(text in "[0-9]{1,21}|[+ 0-9]{1,4}") {
+        fn digit_strings_read_as_the_standard_parser_reads_them(
+            text in "[0-9]{1,21}|[+ /:a0-9]{1,5}"
+        ) {
             let ours = match parse_number(&text) {
                 Some(Number::Unsigned(v)) => Some(v),
                 _ => None,
