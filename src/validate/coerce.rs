@@ -72,64 +72,141 @@ pub(super) struct Scratch {
     items: Vec<(u32, u32)>,
 }
 
-/// Coerces `value` for `column` and appends it to the column's builder. Returns `false`, and
-/// appends nothing, when the value means "absent"; on an error nothing is appended either.
-/// `url_encoded`: the sender URL-encodes text, so `url_decode` columns are decoded.
+/// How one column's values are coerced and checked, resolved once per schema from the column's
+/// type and options, so that appending a value does not derive it again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    kind: Kind,
+    /// The schema's `min` and `max` (number columns); -∞ and +∞ when not given.
+    min: f64,
+    max: f64,
+    /// Text columns: a check beyond UTF-8 applies (FixedString width, `max_length`, `pattern`,
+    /// `format`).
+    checked_text: bool,
+    /// Text columns: text is URL-decoded when the sender URL-encodes it.
+    url_decode: bool,
+}
+
+/// The coercion of a column's values, by its type (wrappers stripped).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// An unsigned integer up to the given maximum.
+    Unsigned(u64),
+    /// A signed integer within the given bounds.
+    Signed(i64, i64),
+    Float,
+    DateTime,
+    Enum,
+    Uuid,
+    /// String or FixedString.
+    Text,
+    List,
+}
+
+impl Plan {
+    pub(super) fn new(column: &Column) -> Plan {
+        let kind = match column.ch_type.value_type() {
+            ChType::UInt8 => Kind::Unsigned(u8::MAX as u64),
+            ChType::UInt16 => Kind::Unsigned(u16::MAX as u64),
+            ChType::UInt32 => Kind::Unsigned(u32::MAX as u64),
+            ChType::UInt64 => Kind::Unsigned(u64::MAX),
+            ChType::Int8 => Kind::Signed(i8::MIN as i64, i8::MAX as i64),
+            ChType::Int16 => Kind::Signed(i16::MIN as i64, i16::MAX as i64),
+            ChType::Int32 => Kind::Signed(i32::MIN as i64, i32::MAX as i64),
+            ChType::Int64 => Kind::Signed(i64::MIN, i64::MAX),
+            ChType::Float32 | ChType::Float64 => Kind::Float,
+            ChType::DateTime => Kind::DateTime,
+            ChType::Enum8(_) => Kind::Enum,
+            ChType::UUID => Kind::Uuid,
+            ChType::String | ChType::FixedString(_) => Kind::Text,
+            ChType::Array(_) => Kind::List,
+            ChType::Nullable(_) | ChType::LowCardinality(_) => {
+                unreachable!("value_type strips wrappers")
+            }
+        };
+        let spec = &column.spec;
+        Plan {
+            kind,
+            min: spec.min.unwrap_or(f64::NEG_INFINITY),
+            max: spec.max.unwrap_or(f64::INFINITY),
+            checked_text: matches!(column.ch_type.value_type(), ChType::FixedString(_))
+                || spec.max_length.is_some()
+                || column.pattern.is_some()
+                || spec.format.is_some(),
+            url_decode: spec.url_decode,
+        }
+    }
+
+    /// Whether `value` means "absent": JSON null, one of the schema's `absent` markers, or
+    /// empty text for a column that is not text.
+    pub(super) fn is_absent(&self, value: Raw<'_>, absent: &[String]) -> bool {
+        match value {
+            Raw::Json(Json::Static(StaticNode::Null)) => true,
+            Raw::Json(Json::String(s)) => absent.iter().any(|a| a == s),
+            Raw::Text(s) => {
+                (s.is_empty() && !matches!(self.kind, Kind::Text)) || absent.iter().any(|a| a == s)
+            }
+            Raw::Json(_) => false,
+        }
+    }
+
+    fn check_range(&self, column: &Column, v: f64) -> Result<(), String> {
+        if self.min <= v && v <= self.max {
+            return Ok(());
+        }
+        let (min, max) = (self.min, self.max);
+        if v < min {
+            return Err(format!(
+                "value {v} is below the minimum {}",
+                column.spec.min.unwrap_or(min)
+            ));
+        }
+        Err(format!(
+            "value {v} is above the maximum {}",
+            column.spec.max.unwrap_or(max)
+        ))
+    }
+}
+
+/// Coerces a present value (see [`Plan::is_absent`]) for `column` by its `plan` and appends it
+/// to the column's builder; on an error nothing is appended. `url_encoded`: the sender
+/// URL-encodes text, so `url_decode` columns are decoded.
 pub(super) fn append(
     column: &Column,
+    plan: &Plan,
     value: Raw<'_>,
-    absent: &[String],
     url_encoded: bool,
     builder: &mut ColumnBuilder,
     scratch: &mut Scratch,
-) -> Result<bool, String> {
-    let ty = column.ch_type.value_type();
-    let is_text_type = matches!(ty, ChType::String | ChType::FixedString(_));
-    let is_absent = match value {
-        Raw::Json(Json::Static(StaticNode::Null)) => true,
-        Raw::Json(Json::String(s)) => absent.iter().any(|a| a == s),
-        Raw::Text(s) => (s.is_empty() && !is_text_type) || absent.iter().any(|a| a == s),
-        Raw::Json(_) => false,
-    };
-    if is_absent {
-        return Ok(false);
-    }
-    match ty {
-        ChType::UInt8 | ChType::UInt16 | ChType::UInt32 | ChType::UInt64 => {
-            let max = match ty {
-                ChType::UInt8 => u8::MAX as u64,
-                ChType::UInt16 => u16::MAX as u64,
-                ChType::UInt32 => u32::MAX as u64,
-                _ => u64::MAX,
-            };
-            let v = unsigned(value, ty, max)?;
-            check_range(column, v as f64)?;
+) -> Result<(), String> {
+    match plan.kind {
+        Kind::Unsigned(max) => {
+            let v = unsigned(value, column, max)?;
+            plan.check_range(column, v as f64)?;
             builder.append_u64(v);
         }
-        ChType::Int8 | ChType::Int16 | ChType::Int32 | ChType::Int64 => {
-            let (min, max) = match ty {
-                ChType::Int8 => (i8::MIN as i64, i8::MAX as i64),
-                ChType::Int16 => (i16::MIN as i64, i16::MAX as i64),
-                ChType::Int32 => (i32::MIN as i64, i32::MAX as i64),
-                _ => (i64::MIN, i64::MAX),
-            };
-            let v = signed(value, ty, min, max)?;
-            check_range(column, v as f64)?;
+        Kind::Signed(min, max) => {
+            let v = signed(value, column, min, max)?;
+            plan.check_range(column, v as f64)?;
             builder.append_i64(v);
         }
-        ChType::Float32 | ChType::Float64 => {
+        Kind::Float => {
             let v = match number(value) {
                 Some(Number::Unsigned(v)) => v as f64,
                 Some(Number::Signed(v)) => v as f64,
                 Some(Number::Float(v)) => v,
-                None => return Err(expected(ty, value)),
+                None => return Err(expected(column.ch_type.value_type(), value)),
             };
-            check_range(column, v)?;
+            plan.check_range(column, v)?;
             builder.append_f64(v);
         }
-        ChType::DateTime => builder.append_u64(unix_seconds(value)?),
-        ChType::Enum8(variants) => {
-            let name = text_of(value).ok_or_else(|| expected(ty, value))?;
+        Kind::DateTime => builder.append_u64(unix_seconds(value)?),
+        Kind::Enum => {
+            let ChType::Enum8(variants) = column.ch_type.value_type() else {
+                unreachable!("an Enum plan is made from an Enum8 column")
+            };
+            let name =
+                text_of(value).ok_or_else(|| expected(column.ch_type.value_type(), value))?;
             match variants.iter().find(|(n, _)| n == name) {
                 Some((_, code)) => builder.append_i64(*code as i64),
                 None => {
@@ -138,43 +215,30 @@ pub(super) fn append(
                 }
             }
         }
-        ChType::UUID => {
-            let text = text_of(value).ok_or_else(|| expected(ty, value))?;
-            let uuid = uuid::Uuid::try_parse(text.trim()).map_err(|_| expected(ty, value))?;
+        Kind::Uuid => {
+            let text =
+                text_of(value).ok_or_else(|| expected(column.ch_type.value_type(), value))?;
+            let uuid = uuid::Uuid::try_parse(text.trim())
+                .map_err(|_| expected(column.ch_type.value_type(), value))?;
             builder.append_bytes16(uuid.as_bytes());
         }
-        ChType::String | ChType::FixedString(_) => {
-            let text = text(column, value, url_encoded, scratch)?;
-            check_text(column, ty, text)?;
+        Kind::Text => {
+            let text = text(column, value, url_encoded && plan.url_decode, scratch)?;
+            if plan.checked_text {
+                check_text(column, text)?;
+            }
             builder.append_str(text);
         }
-        ChType::Array(_) => {
+        Kind::List => {
             list(value, scratch)?;
             builder.append_list(&scratch.text, &scratch.items);
         }
-        ChType::Nullable(_) | ChType::LowCardinality(_) => {
-            unreachable!("value_type strips wrappers")
-        }
-    }
-    Ok(true)
-}
-
-fn check_range(column: &Column, v: f64) -> Result<(), String> {
-    if let Some(min) = column.spec.min
-        && v < min
-    {
-        return Err(format!("value {v} is below the minimum {min}"));
-    }
-    if let Some(max) = column.spec.max
-        && v > max
-    {
-        return Err(format!("value {v} is above the maximum {max}"));
     }
     Ok(())
 }
 
-fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
-    if let ChType::FixedString(n) = ty
+fn check_text(column: &Column, text: &str) -> Result<(), String> {
+    if let ChType::FixedString(n) = column.ch_type.value_type()
         && text.len() > *n
     {
         return Err(format!(
@@ -206,11 +270,11 @@ fn check_text(column: &Column, ty: &ChType, text: &str) -> Result<(), String> {
 }
 
 /// The text form of `value`: the body's own text when it needs no decoding (the common case,
-/// no copy), else text written into `scratch`.
+/// no copy), else text written into `scratch`. `url_decode`: URL-decode it.
 fn text<'a>(
     column: &Column,
     value: Raw<'a>,
-    url_encoded: bool,
+    url_decode: bool,
     scratch: &'a mut Scratch,
 ) -> Result<&'a str, String> {
     let text: &str = match value {
@@ -235,10 +299,7 @@ fn text<'a>(
             return Err(expected(&column.ch_type, value));
         }
     };
-    if url_encoded
-        && column.spec.url_decode
-        && let Some(at) = memchr::memchr2(b'%', b'+', text.as_bytes())
-    {
+    if url_decode && let Some(at) = memchr::memchr2(b'%', b'+', text.as_bytes()) {
         scratch.url.clear();
         scratch.url.extend_from_slice(&text.as_bytes()[..at]);
         url_decode_into(&text.as_bytes()[at..], &mut scratch.url);
@@ -269,24 +330,34 @@ pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
         }
         table
     };
-    out.reserve(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        let byte = text[i];
-        i += 1;
-        out.push(match byte {
-            b'+' => b' ',
-            b'%' if i + 2 <= text.len()
-                && HEX[text[i] as usize] != 0xFF
-                && HEX[text[i + 1] as usize] != 0xFF =>
-            {
-                let decoded = HEX[text[i] as usize] << 4 | HEX[text[i + 1] as usize];
-                i += 2;
-                decoded
-            }
-            other => other,
-        });
-    }
+    // Decoded text is never longer than the text: write into room for all of it, then cut
+    // it to what was written (one store per byte, no capacity check per byte).
+    let start = out.len();
+    out.resize(start + text.len(), 0);
+    let written = {
+        let out = &mut out[start..];
+        let (mut i, mut j) = (0, 0);
+        while i < text.len() {
+            let byte = text[i];
+            let (decoded, len) = match byte {
+                b'+' => (b' ', 1),
+                b'%' if i + 3 <= text.len() => {
+                    let (hi, lo) = (HEX[text[i + 1] as usize], HEX[text[i + 2] as usize]);
+                    if (hi | lo) == 0xFF {
+                        (byte, 1)
+                    } else {
+                        (hi << 4 | lo, 3)
+                    }
+                }
+                other => (other, 1),
+            };
+            out[j] = decoded;
+            j += 1;
+            i += len;
+        }
+        j
+    };
+    out.truncate(start + written);
 }
 
 /// The items of an Array(String) value, into `scratch.text` and `scratch.items`.
@@ -378,20 +449,22 @@ fn parse_number(text: &str) -> Option<Number> {
     None
 }
 
-fn unsigned(value: Raw<'_>, ty: &ChType, max: u64) -> Result<u64, String> {
-    let out_of_range = |shown: String| format!("value {shown} out of range for {ty}");
+fn unsigned(value: Raw<'_>, column: &Column, max: u64) -> Result<u64, String> {
+    let ty = || column.ch_type.value_type();
+    let out_of_range = |shown: String| format!("value {shown} out of range for {}", ty());
     match number(value) {
         Some(Number::Unsigned(v)) if v <= max => Ok(v),
         Some(Number::Unsigned(v)) => Err(out_of_range(v.to_string())),
         Some(Number::Signed(v)) => Err(out_of_range(v.to_string())),
         Some(Number::Float(v)) if v.fract() == 0.0 && v >= 0.0 && v <= max as f64 => Ok(v as u64),
         Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
-        _ => Err(expected(ty, value)),
+        _ => Err(expected(ty(), value)),
     }
 }
 
-fn signed(value: Raw<'_>, ty: &ChType, min: i64, max: i64) -> Result<i64, String> {
-    let out_of_range = |shown: String| format!("value {shown} out of range for {ty}");
+fn signed(value: Raw<'_>, column: &Column, min: i64, max: i64) -> Result<i64, String> {
+    let ty = || column.ch_type.value_type();
+    let out_of_range = |shown: String| format!("value {shown} out of range for {}", ty());
     match number(value) {
         Some(Number::Signed(v)) if (min..=max).contains(&v) => Ok(v),
         Some(Number::Unsigned(v)) if v <= max as u64 => Ok(v as i64),
@@ -401,7 +474,7 @@ fn signed(value: Raw<'_>, ty: &ChType, min: i64, max: i64) -> Result<i64, String
             Ok(v as i64)
         }
         Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
-        _ => Err(expected(ty, value)),
+        _ => Err(expected(ty(), value)),
     }
 }
 

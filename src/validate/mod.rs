@@ -184,6 +184,8 @@ pub struct CompiledSchema {
     per_request: Vec<bool>,
     /// Columns that get a value in every row (all but the per-request ones).
     row_columns: usize,
+    /// Per column: how its values are coerced and checked.
+    plans: Vec<coerce::Plan>,
 }
 
 impl CompiledSchema {
@@ -245,6 +247,7 @@ impl CompiledSchema {
             string_bytes_per_row: schema.columns.iter().map(|_| Default::default()).collect(),
             per_request,
             row_columns,
+            plans: schema.columns.iter().map(coerce::Plan::new).collect(),
             schema,
         })
     }
@@ -468,21 +471,22 @@ impl BatchBuilder<'_> {
         if self.filled[index] == self.serial {
             return self.fail(Some(name), "field appears more than once".to_string());
         }
-        let column = &self.compiled.schema.columns[index];
-        let absent = &self.compiled.schema.input.absent;
+        let plan = &self.compiled.plans[index];
+        if plan.is_absent(value, &self.compiled.schema.input.absent) {
+            return;
+        }
         match coerce::append(
-            column,
+            &self.compiled.schema.columns[index],
+            plan,
             value,
-            absent,
             self.context.url_encoded,
             &mut self.builders[index],
             &mut self.scratch,
         ) {
-            Ok(true) => {
+            Ok(()) => {
                 self.filled[index] = self.serial;
                 self.row_values += 1;
             }
-            Ok(false) => {}
             Err(reason) => self.fail(Some(name), reason),
         }
     }
@@ -551,20 +555,23 @@ impl BatchBuilder<'_> {
                 Some(field) => unreachable!("{field:?} is built per request"),
                 None if column.spec.required => Err("missing required field".to_string()),
                 None => match &column.spec.default {
-                    Some(default) => coerce::append(
-                        column,
-                        Raw::Text(default),
-                        &[],
-                        false,
-                        builder,
-                        &mut self.scratch,
-                    )
-                    .map(|appended| {
-                        if !appended {
+                    Some(default) => {
+                        let plan = &self.compiled.plans[index];
+                        if plan.is_absent(Raw::Text(default), &[]) {
                             builder.append_zero(&column.ch_type);
+                            Ok(())
+                        } else {
+                            coerce::append(
+                                column,
+                                plan,
+                                Raw::Text(default),
+                                false,
+                                builder,
+                                &mut self.scratch,
+                            )
+                            .map_err(|reason| format!("default value: {reason}"))
                         }
-                    })
-                    .map_err(|reason| format!("default value: {reason}")),
+                    }
                     None if column.ch_type.is_nullable() => {
                         builder.append_null();
                         Ok(())
