@@ -12,6 +12,7 @@ use simd_json::prelude::{
 };
 
 use super::column::ColumnBuilder;
+use super::same_text;
 use crate::decode::JsonValue;
 use crate::schema::{ChType, Column, ValueFormat};
 
@@ -142,9 +143,10 @@ impl Plan {
     pub(super) fn is_absent(&self, value: Raw<'_>, absent: &[String]) -> bool {
         match value {
             Raw::Json(Json::Static(StaticNode::Null)) => true,
-            Raw::Json(Json::String(s)) => absent.iter().any(|a| a == s),
+            Raw::Json(Json::String(s)) => absent.iter().any(|a| same_text(a, s)),
             Raw::Text(s) => {
-                (s.is_empty() && !matches!(self.kind, Kind::Text)) || absent.iter().any(|a| a == s)
+                (s.is_empty() && !matches!(self.kind, Kind::Text))
+                    || absent.iter().any(|a| same_text(a, s))
             }
             Raw::Json(_) => false,
         }

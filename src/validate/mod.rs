@@ -440,9 +440,9 @@ impl BatchBuilder<'_> {
     /// [`Self::append_field`] for the `position`-th field of a JSON record.
     fn append_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
         let index = match self.json_fields.get(position) {
-            Some((known, index)) if same_name(known, name) => *index,
+            Some((known, index)) if same_text(known, name) => *index,
             _ => {
-                let index = self.compiled.field_index.get(name).copied();
+                let index = self.compiled.field_index.get(&FieldName(name)).copied();
                 let entry = (Box::from(name), index);
                 match self.json_fields.get_mut(position) {
                     Some(slot) => *slot = entry,
@@ -627,10 +627,22 @@ impl BatchBuilder<'_> {
     }
 }
 
-/// Whether a record's field name is the one the last record had at its position. Names are a
-/// few bytes: compared in place, without a call to `memcmp` for each field of each record.
+/// A field name as a record spells it, looked up in [`CompiledSchema`]'s field index: hashed as
+/// the index's `String` keys are, compared with [`same_text`].
+#[derive(Hash)]
+struct FieldName<'a>(&'a str);
+
+impl hashbrown::Equivalent<String> for FieldName<'_> {
+    fn equivalent(&self, key: &String) -> bool {
+        same_text(key, self.0)
+    }
+}
+
+/// Whether two short texts are equal: a record's field name and the one the last record had at
+/// its position, or a value and an `absent` marker. They are a few bytes: compared in place,
+/// without a call to `memcmp` for each field of each record.
 #[inline]
-fn same_name(known: &str, name: &str) -> bool {
+fn same_text(known: &str, name: &str) -> bool {
     let (a, b) = (known.as_bytes(), name.as_bytes());
     let n = a.len();
     if n != b.len() {
