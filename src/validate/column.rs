@@ -1,11 +1,12 @@
 //! The Arrow builder of one column, appended to value by value as a record's fields are read.
 
-use arrow_array::ArrayRef;
-use arrow_array::builder::{
-    ArrayBuilder as _, FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int8Builder,
-    Int16Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt8Builder,
-    UInt16Builder, UInt32Builder, UInt64Builder,
+use arrow_array::builder::{ArrayBuilder as _, FixedSizeBinaryBuilder, ListBuilder, StringBuilder};
+use arrow_array::types::{
+    ArrowPrimitiveType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
+use arrow_array::{ArrayRef, PrimitiveArray};
+use arrow_buffer::{NullBufferBuilder, ScalarBuffer};
 use std::sync::Arc;
 
 use crate::schema::ChType;
@@ -16,19 +17,55 @@ use crate::schema::ChType;
 /// narrowing casts cannot truncate; a value of the wrong kind for the builder is a bug in the
 /// caller (`coerce` picks the method from the same type).
 pub(super) enum ColumnBuilder {
-    U8(UInt8Builder),
-    U16(UInt16Builder),
-    U32(UInt32Builder),
-    U64(UInt64Builder),
-    I8(Int8Builder),
-    I16(Int16Builder),
-    I32(Int32Builder),
-    I64(Int64Builder),
-    F32(Float32Builder),
-    F64(Float64Builder),
+    U8(Numbers<UInt8Type>),
+    U16(Numbers<UInt16Type>),
+    U32(Numbers<UInt32Type>),
+    U64(Numbers<UInt64Type>),
+    I8(Numbers<Int8Type>),
+    I16(Numbers<Int16Type>),
+    I32(Numbers<Int32Type>),
+    I64(Numbers<Int64Type>),
+    F32(Numbers<Float32Type>),
+    F64(Numbers<Float64Type>),
     Str(StringBuilder),
     Fixed(FixedSizeBinaryBuilder, usize),
     List(ListBuilder<StringBuilder>),
+}
+
+/// A number column as a plain vector and a validity bitmap that exists only once a value is
+/// null: an append is a push, without the calls of Arrow's general builder.
+pub(super) struct Numbers<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+    nulls: NullBufferBuilder,
+}
+
+impl<T: ArrowPrimitiveType> Numbers<T> {
+    fn with_capacity(rows: usize) -> Numbers<T> {
+        Numbers {
+            values: Vec::with_capacity(rows),
+            nulls: NullBufferBuilder::new(rows),
+        }
+    }
+
+    #[inline]
+    fn append_value(&mut self, v: T::Native) {
+        self.values.push(v);
+        self.nulls.append_non_null();
+    }
+
+    fn append_null(&mut self) {
+        self.values.push(T::Native::default());
+        self.nulls.append_null();
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let values = ScalarBuffer::from(std::mem::take(&mut self.values));
+        Arc::new(PrimitiveArray::<T>::new(values, self.nulls.finish()))
+    }
 }
 
 impl ColumnBuilder {
@@ -43,18 +80,16 @@ impl ColumnBuilder {
             ChType::UUID => {
                 ColumnBuilder::Fixed(FixedSizeBinaryBuilder::with_capacity(rows, 16), 16)
             }
-            ChType::UInt8 => ColumnBuilder::U8(UInt8Builder::with_capacity(rows)),
-            ChType::UInt16 => ColumnBuilder::U16(UInt16Builder::with_capacity(rows)),
-            ChType::UInt32 | ChType::DateTime => {
-                ColumnBuilder::U32(UInt32Builder::with_capacity(rows))
-            }
-            ChType::UInt64 => ColumnBuilder::U64(UInt64Builder::with_capacity(rows)),
-            ChType::Int8 | ChType::Enum8(_) => ColumnBuilder::I8(Int8Builder::with_capacity(rows)),
-            ChType::Int16 => ColumnBuilder::I16(Int16Builder::with_capacity(rows)),
-            ChType::Int32 => ColumnBuilder::I32(Int32Builder::with_capacity(rows)),
-            ChType::Int64 => ColumnBuilder::I64(Int64Builder::with_capacity(rows)),
-            ChType::Float32 => ColumnBuilder::F32(Float32Builder::with_capacity(rows)),
-            ChType::Float64 => ColumnBuilder::F64(Float64Builder::with_capacity(rows)),
+            ChType::UInt8 => ColumnBuilder::U8(Numbers::with_capacity(rows)),
+            ChType::UInt16 => ColumnBuilder::U16(Numbers::with_capacity(rows)),
+            ChType::UInt32 | ChType::DateTime => ColumnBuilder::U32(Numbers::with_capacity(rows)),
+            ChType::UInt64 => ColumnBuilder::U64(Numbers::with_capacity(rows)),
+            ChType::Int8 | ChType::Enum8(_) => ColumnBuilder::I8(Numbers::with_capacity(rows)),
+            ChType::Int16 => ColumnBuilder::I16(Numbers::with_capacity(rows)),
+            ChType::Int32 => ColumnBuilder::I32(Numbers::with_capacity(rows)),
+            ChType::Int64 => ColumnBuilder::I64(Numbers::with_capacity(rows)),
+            ChType::Float32 => ColumnBuilder::F32(Numbers::with_capacity(rows)),
+            ChType::Float64 => ColumnBuilder::F64(Numbers::with_capacity(rows)),
             ChType::Array(_) => ColumnBuilder::List(ListBuilder::new(StringBuilder::new())),
             ChType::Nullable(_) | ChType::LowCardinality(_) => {
                 unreachable!("value_type() strips wrappers")
@@ -62,6 +97,7 @@ impl ColumnBuilder {
         }
     }
 
+    #[inline(always)]
     pub(super) fn append_u64(&mut self, v: u64) {
         match self {
             ColumnBuilder::U8(b) => b.append_value(v as u8),
@@ -72,6 +108,7 @@ impl ColumnBuilder {
         }
     }
 
+    #[inline(always)]
     pub(super) fn append_i64(&mut self, v: i64) {
         match self {
             ColumnBuilder::I8(b) => b.append_value(v as i8),
@@ -82,6 +119,7 @@ impl ColumnBuilder {
         }
     }
 
+    #[inline(always)]
     pub(super) fn append_f64(&mut self, v: f64) {
         match self {
             ColumnBuilder::F32(b) => b.append_value(v as f32),
@@ -92,6 +130,7 @@ impl ColumnBuilder {
 
     /// Text of a String or FixedString column; a FixedString value (already checked to fit) is
     /// padded with zero bytes, as ClickHouse pads it.
+    #[inline]
     pub(super) fn append_str(&mut self, text: &str) {
         match self {
             ColumnBuilder::Str(b) => b.append_value(text),
@@ -197,16 +236,16 @@ impl ColumnBuilder {
 
     pub(super) fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::U8(b) => Arc::new(b.finish()),
-            ColumnBuilder::U16(b) => Arc::new(b.finish()),
-            ColumnBuilder::U32(b) => Arc::new(b.finish()),
-            ColumnBuilder::U64(b) => Arc::new(b.finish()),
-            ColumnBuilder::I8(b) => Arc::new(b.finish()),
-            ColumnBuilder::I16(b) => Arc::new(b.finish()),
-            ColumnBuilder::I32(b) => Arc::new(b.finish()),
-            ColumnBuilder::I64(b) => Arc::new(b.finish()),
-            ColumnBuilder::F32(b) => Arc::new(b.finish()),
-            ColumnBuilder::F64(b) => Arc::new(b.finish()),
+            ColumnBuilder::U8(b) => b.finish(),
+            ColumnBuilder::U16(b) => b.finish(),
+            ColumnBuilder::U32(b) => b.finish(),
+            ColumnBuilder::U64(b) => b.finish(),
+            ColumnBuilder::I8(b) => b.finish(),
+            ColumnBuilder::I16(b) => b.finish(),
+            ColumnBuilder::I32(b) => b.finish(),
+            ColumnBuilder::I64(b) => b.finish(),
+            ColumnBuilder::F32(b) => b.finish(),
+            ColumnBuilder::F64(b) => b.finish(),
             ColumnBuilder::Str(b) => Arc::new(b.finish()),
             ColumnBuilder::Fixed(b, _) => Arc::new(b.finish()),
             ColumnBuilder::List(b) => Arc::new(b.finish()),
