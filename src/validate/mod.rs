@@ -12,6 +12,7 @@
 mod coerce;
 mod column;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{ArrayBuilder as _, StringBuilder, UInt32Builder};
@@ -301,6 +302,7 @@ impl CompiledSchema {
             extra: String::new(),
             text_names: Vec::new(),
             json_fields: Vec::new(),
+            json_skipped: 0,
             row_error: None,
             accepted: 0,
             rejected: 0,
@@ -355,9 +357,14 @@ pub struct BatchBuilder<'s> {
     extra: String,
     /// Field names of the positional fields of text records, with their columns.
     text_names: Vec<(String, Option<usize>)>,
-    /// The fields of the last JSON record by position, with their columns: a sender's records
-    /// mostly name the same fields in the same order, so one comparison replaces a lookup.
-    json_fields: Vec<(Box<str>, Option<usize>)>,
+    /// The fields JSON records name, in the order they name them, with their columns: a
+    /// sender's records mostly name the same fields in the same order, so one comparison with
+    /// the field expected next replaces a lookup. A record that leaves fields out skips over
+    /// them; a field that is not here yet is inserted where it came, so the list becomes the
+    /// union of the records' fields in their order (up to [`JSON_FIELDS_KEPT`] entries).
+    json_fields: Vec<(Cow<'s, str>, Option<usize>)>,
+    /// Entries of `json_fields` the current record has skipped.
+    json_skipped: usize,
     /// First problem of the current row.
     row_error: Option<(Option<String>, String)>,
     accepted: usize,
@@ -368,7 +375,13 @@ pub struct BatchBuilder<'s> {
     quarantine: QuarantineBuilder,
 }
 
-impl BatchBuilder<'_> {
+/// Entries of [`BatchBuilder::json_fields`] compared with a field before it is looked up.
+const JSON_FIELDS_AHEAD: usize = 4;
+/// Most entries [`BatchBuilder::json_fields`] grows to (records whose fields vary more than that
+/// replace entries instead).
+const JSON_FIELDS_KEPT: usize = 128;
+
+impl<'s> BatchBuilder<'s> {
     pub fn rows(&self) -> usize {
         self.accepted
     }
@@ -426,6 +439,7 @@ impl BatchBuilder<'_> {
 
     fn start_row(&mut self) {
         self.serial += 1;
+        self.json_skipped = 0;
         self.row_values = 0;
         self.extra.clear();
         self.row_error = None;
@@ -439,14 +453,28 @@ impl BatchBuilder<'_> {
 
     /// [`Self::append_field`] for the `position`-th field of a JSON record.
     fn append_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
-        let index = match self.json_fields.get(position) {
-            Some((known, index)) if same_text(known, name) => *index,
-            _ => {
-                let index = self.compiled.field_index.get(&FieldName(name)).copied();
-                let entry = (Box::from(name), index);
-                match self.json_fields.get_mut(position) {
-                    Some(slot) => *slot = entry,
-                    None => self.json_fields.push(entry),
+        let at = (position + self.json_skipped).min(self.json_fields.len());
+        let ahead = &self.json_fields[at..];
+        let found = ahead
+            .iter()
+            .take(JSON_FIELDS_AHEAD)
+            .position(|(known, _)| same_text(known, name));
+        let index = match found {
+            Some(skip) => {
+                self.json_skipped += skip;
+                self.json_fields[at + skip].1
+            }
+            None => {
+                let compiled: &'s CompiledSchema = self.compiled;
+                let entry = match compiled.field_index.get_key_value(&FieldName(name)) {
+                    Some((known, &index)) => (Cow::Borrowed(known.as_str()), Some(index)),
+                    None => (Cow::Owned(name.to_string()), None),
+                };
+                let index = entry.1;
+                if self.json_fields.len() < JSON_FIELDS_KEPT {
+                    self.json_fields.insert(at, entry);
+                } else if let Some(slot) = self.json_fields.get_mut(at) {
+                    *slot = entry;
                 }
                 index
             }

@@ -556,3 +556,84 @@ fn field_names_are_found_in_the_index_as_they_were_stored() {
         );
     }
 }
+
+/// Records that leave fields out, add unknown ones and change their order, in every mix: each
+/// value still lands in its own column (the field list learned from earlier records is a
+/// shortcut only), also after more distinct names than the list keeps.
+#[test]
+fn fields_left_out_added_or_moved_keep_their_columns() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let mut state = 7u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for row in 0..400u64 {
+        let mut fields = vec![
+            format!(r#""reqId":"r{row}""#),
+            r#""reqTimeSec":"1573840000""#.to_string(),
+            r#""cliIP":"1.2.3.4""#.to_string(),
+            format!(r#""statusCode":"{}""#, 200 + row % 300),
+            format!(r#""reqHost":"h{row}""#),
+            r#""reqMethod":"GET""#.to_string(),
+            format!(r#""reqPath":"/p{row}""#),
+        ];
+        let bytes = (next(3) != 0).then(|| row * 10);
+        if let Some(bytes) = bytes {
+            fields.insert(
+                next(fields.len() as u64 + 1) as usize,
+                format!(r#""bytes":"{bytes}""#),
+            );
+        }
+        let country = (next(2) == 0).then(|| if row % 2 == 0 { "DE" } else { "FR" });
+        if let Some(country) = country {
+            fields.push(format!(r#""country":"{country}""#));
+        }
+        // Unknown fields: a few names that recur, and from row 200 a new name in every record.
+        for _ in 0..next(3) {
+            let name = if row >= 200 {
+                format!("new{row}")
+            } else {
+                format!("x{}", next(4))
+            };
+            if !fields.iter().any(|f| f.starts_with(&format!("\"{name}\""))) {
+                fields.insert(next(fields.len() as u64) as usize, format!(r#""{name}":1"#));
+            }
+        }
+        if next(4) == 0 {
+            let n = fields.len() as u64;
+            let (a, b) = (next(n) as usize, next(n) as usize);
+            fields.swap(a, b);
+        }
+        lines.push(format!("{{{}}}", fields.join(",")));
+        expected.push((
+            format!("h{row}"),
+            format!("/p{row}"),
+            200 + row % 300,
+            bytes,
+            country,
+        ));
+    }
+    let batch = validate(&compiled, BodyFormat::Ndjson, &lines.join("\n"));
+    assert_eq!((batch.accepted, batch.rejected), (400, 0));
+    let hosts = strings(&batch, "host");
+    let paths = strings(&batch, "path");
+    let countries = strings(&batch, "country");
+    let status = column(&batch, "status").as_primitive::<UInt16Type>();
+    let bytes = column(&batch, "bytes").as_primitive::<UInt64Type>();
+    for (row, (host, path, code, sent_bytes, country)) in expected.into_iter().enumerate() {
+        assert_eq!(hosts[row].as_deref(), Some(host.as_str()), "row {row}");
+        assert_eq!(paths[row].as_deref(), Some(path.as_str()), "row {row}");
+        assert_eq!(status.value(row) as u64, code, "row {row}");
+        assert_eq!(bytes.value(row), sent_bytes.unwrap_or(0), "row {row}");
+        assert_eq!(
+            countries[row].as_deref(),
+            Some(country.unwrap_or("")),
+            "row {row}"
+        );
+    }
+}
