@@ -28,6 +28,7 @@ use arrow_array::types::{
     UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_buffer::NullBuffer;
 
 use crate::schema::ChType;
 use crate::schema::rollup::{
@@ -164,64 +165,90 @@ pub struct RollupState {
     pub stats: FoldStats,
 }
 
-/// One column of a batch, read as a key or measure source.
-enum Reader<'a> {
-    U(&'a dyn Array, fn(&dyn Array, usize) -> u64),
-    I(&'a dyn Array, fn(&dyn Array, usize) -> i64),
-    F(&'a dyn Array, fn(&dyn Array, usize) -> f64),
-    S(&'a arrow_array::StringArray),
+/// One column of a batch, read as a key or measure source: its values as a slice of their own
+/// type, read without a downcast or an indirect call per value, and its validity.
+struct Reader<'a> {
+    values: Values<'a>,
+    nulls: Option<&'a NullBuffer>,
 }
 
-macro_rules! getter {
-    ($t:ty, $out:ty) => {
-        |array: &dyn Array, row: usize| array.as_primitive::<$t>().value(row) as $out
-    };
+enum Values<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    S(&'a arrow_array::StringArray),
 }
 
 impl<'a> Reader<'a> {
     fn new(array: &'a ArrayRef) -> Reader<'a> {
         use arrow_schema::DataType as D;
-        let a = array.as_ref();
-        match array.data_type() {
-            D::UInt8 => Reader::U(a, getter!(UInt8Type, u64)),
-            D::UInt16 => Reader::U(a, getter!(UInt16Type, u64)),
-            D::UInt32 => Reader::U(a, getter!(UInt32Type, u64)),
-            D::UInt64 => Reader::U(a, getter!(UInt64Type, u64)),
-            D::Int8 => Reader::I(a, getter!(Int8Type, i64)),
-            D::Int16 => Reader::I(a, getter!(Int16Type, i64)),
-            D::Int32 => Reader::I(a, getter!(Int32Type, i64)),
-            D::Int64 => Reader::I(a, getter!(Int64Type, i64)),
-            D::Float32 => Reader::F(a, getter!(Float32Type, f64)),
-            D::Float64 => Reader::F(a, getter!(Float64Type, f64)),
-            D::Utf8 => Reader::S(array.as_string::<i32>()),
+        macro_rules! values {
+            ($variant:ident, $t:ty) => {
+                Values::$variant(array.as_primitive::<$t>().values())
+            };
+        }
+        let values = match array.data_type() {
+            D::UInt8 => values!(U8, UInt8Type),
+            D::UInt16 => values!(U16, UInt16Type),
+            D::UInt32 => values!(U32, UInt32Type),
+            D::UInt64 => values!(U64, UInt64Type),
+            D::Int8 => values!(I8, Int8Type),
+            D::Int16 => values!(I16, Int16Type),
+            D::Int32 => values!(I32, Int32Type),
+            D::Int64 => values!(I64, Int64Type),
+            D::Float32 => values!(F32, Float32Type),
+            D::Float64 => values!(F64, Float64Type),
+            D::Utf8 => Values::S(array.as_string::<i32>()),
             other => panic!("rollup source column of Arrow type {other} (checked at schema load)"),
+        };
+        Reader {
+            values,
+            nulls: array.nulls(),
         }
     }
 
     fn is_null(&self, row: usize) -> bool {
-        match self {
-            Reader::U(a, _) | Reader::I(a, _) | Reader::F(a, _) => a.is_null(row),
-            Reader::S(a) => a.is_null(row),
-        }
+        self.nulls.is_some_and(|nulls| nulls.is_null(row))
     }
 
     fn num(&self, row: usize) -> Option<Num> {
         if self.is_null(row) {
             return None;
         }
-        Some(match self {
-            Reader::U(a, get) => Num::U(get(*a, row)),
-            Reader::I(a, get) => Num::I(get(*a, row)),
-            Reader::F(a, get) => Num::F(get(*a, row)),
-            Reader::S(_) => return None,
+        Some(match self.values {
+            Values::U8(v) => Num::U(v[row] as u64),
+            Values::U16(v) => Num::U(v[row] as u64),
+            Values::U32(v) => Num::U(v[row] as u64),
+            Values::U64(v) => Num::U(v[row]),
+            Values::I8(v) => Num::I(v[row] as i64),
+            Values::I16(v) => Num::I(v[row] as i64),
+            Values::I32(v) => Num::I(v[row] as i64),
+            Values::I64(v) => Num::I(v[row]),
+            Values::F32(v) => Num::F(v[row] as f64),
+            Values::F64(v) => Num::F(v[row]),
+            Values::S(_) => return None,
         })
     }
 
     fn str(&self, row: usize) -> Option<&'a str> {
-        match self {
-            Reader::S(a) if a.is_valid(row) => Some(a.value(row)),
+        match self.values {
+            Values::S(a) if !self.is_null(row) => Some(a.value(row)),
             _ => None,
         }
+    }
+
+    fn is_signed(&self) -> bool {
+        matches!(
+            self.values,
+            Values::I8(_) | Values::I16(_) | Values::I32(_) | Values::I64(_)
+        )
     }
 }
 
@@ -304,9 +331,9 @@ impl RollupState {
             self.key.extend_from_slice(&bucket.to_le_bytes());
             for (spec, reader) in rollup.keys.iter().zip(&keys) {
                 match spec.derive {
-                    Derive::Value => match reader {
-                        Reader::S(_) => write_str_key(&mut self.key, reader.str(row).unwrap_or("")),
-                        Reader::I(..) => {
+                    Derive::Value => match reader.values {
+                        Values::S(_) => write_str_key(&mut self.key, reader.str(row).unwrap_or("")),
+                        _ if reader.is_signed() => {
                             let v = match reader.num(row) {
                                 Some(Num::I(v)) => v,
                                 _ => 0,
