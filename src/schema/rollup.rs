@@ -490,20 +490,41 @@ pub fn path_prefix(path: &str, segments: usize) -> &str {
 pub struct QuantileBins {
     log_gamma: f64,
     gamma: f64,
+    /// The bins of the integers below [`SMALL_INTEGERS`] (milliseconds, bytes, counts: most
+    /// values measured are such integers), computed once instead of a logarithm per value.
+    small: Box<[i32]>,
 }
+
+/// Integers whose bins [`QuantileBins`] keeps at hand.
+const SMALL_INTEGERS: usize = 4096;
 
 impl QuantileBins {
     pub fn new(relative_accuracy: f64) -> QuantileBins {
         let gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy);
-        QuantileBins {
+        let mut bins = QuantileBins {
             log_gamma: gamma.ln(),
             gamma,
-        }
+            small: Box::new([]),
+        };
+        bins.small = (0..SMALL_INTEGERS)
+            .map(|v| bins.compute(v as f64))
+            .collect();
+        bins
     }
 
     /// The bin index of `value` (0 and values too small to index share bin `i32::MIN`; negative
     /// values get the negated index of their magnitude, offset so that they sort below zero).
     pub fn index(&self, value: f64) -> i32 {
+        let small = value as usize;
+        if small as f64 == value
+            && let Some(&bin) = self.small.get(small)
+        {
+            return bin;
+        }
+        self.compute(value)
+    }
+
+    fn compute(&self, value: f64) -> i32 {
         let magnitude = value.abs();
         // NaN fails both tests and lands in the zero bin.
         if magnitude.is_nan() || magnitude < 1e-9 || !magnitude.is_finite() {
@@ -529,6 +550,32 @@ impl QuantileBins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bins kept for small integers are the ones the formula gives, and values that are not
+    /// such integers (fractions, negatives, large, not finite) are computed as before.
+    #[test]
+    fn quantile_bins_of_small_integers_are_the_computed_ones() {
+        let bins = QuantileBins::new(0.01);
+        let values = (0..SMALL_INTEGERS + 10).map(|v| v as f64).chain([
+            -0.0,
+            -1.0,
+            -4095.0,
+            0.5,
+            1.5,
+            4095.5,
+            1e-12,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+        ]);
+        for value in values {
+            assert_eq!(bins.index(value), bins.compute(value), "{value}");
+        }
+        assert_eq!(bins.index(0.0), 0);
+        assert_eq!(bins.index(1.0), 1 << 20);
+        assert!(bins.index(100.0) < bins.index(110.0));
+        assert_eq!(bins.index(-100.0), -bins.index(100.0));
+    }
 
     #[test]
     fn path_prefix_matches_the_sql_expression() {
