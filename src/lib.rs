@@ -13,7 +13,8 @@
 //! [`pipeline`] is where the stages meet; [`server`] runs them; [`config`], [`schema`] and
 //! [`check`] are what an operator touches; [`reload`] swaps in new certificates, keys and
 //! principals while running; [`certs`] makes development certificates; [`status`] and
-//! [`logging`] are how an operator sees inside.
+//! [`logging`] are how an operator sees inside; [`text`] compares the short texts of the hot
+//! paths.
 
 pub mod accept;
 pub mod aggregate;
@@ -32,4 +33,5 @@ pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod status;
+pub mod text;
 pub mod validate;

@@ -47,6 +47,7 @@ use arrow_schema::DataType;
 use hashbrown::HashMap;
 
 use crate::schema::ChType;
+use crate::text::{ShortStr, same_text};
 
 /// One column of a Native block: the name and ClickHouse type written into the block header.
 /// The `i`-th column describes the `i`-th array of the batch.
@@ -346,9 +347,9 @@ fn write_gathered_low_cardinality<'a>(
             }
             let value = array.value(row);
             let index = match previous {
-                Some((last, index)) if last == value => index,
+                Some((last, index)) if same_text(last, value) => index,
                 _ if value.is_empty() => EMPTY,
-                _ => *dictionary.entry(value).or_insert_with(|| {
+                _ => *dictionary.entry(ShortStr(value)).or_insert_with(|| {
                     keys.push(value);
                     keys.len() as u32 - 1
                 }),
@@ -396,7 +397,7 @@ struct Scratch<'a> {
     /// The type string of the current column.
     type_name: String,
     /// LowCardinality: distinct non-empty values of the column → their dictionary index.
-    dictionary: HashMap<&'a str, u32>,
+    dictionary: HashMap<ShortStr<'a>, u32>,
     /// LowCardinality: the same values in index order.
     keys: Vec<&'a str>,
     /// LowCardinality: one dictionary index per row.
@@ -675,7 +676,7 @@ fn write_low_cardinality<'a>(
         let index = if value.is_empty() {
             default_index
         } else {
-            *dictionary.entry(value).or_insert_with(|| {
+            *dictionary.entry(ShortStr(value)).or_insert_with(|| {
                 keys.push(value);
                 reserved + keys.len() as u32 - 1
             })

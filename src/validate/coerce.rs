@@ -12,9 +12,9 @@ use simd_json::prelude::{
 };
 
 use super::column::ColumnBuilder;
-use super::same_text;
 use crate::decode::JsonValue;
 use crate::schema::{ChType, Column, ValueFormat};
+use crate::text::same_text;
 
 /// A body value as the decoder delivered it.
 #[derive(Clone, Copy)]

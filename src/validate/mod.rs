@@ -25,6 +25,7 @@ use simd_json::prelude::Writable;
 
 use crate::decode::{self, JsonValue, RecordVisitor};
 use crate::schema::{ChType, ContextField, Schema, UnknownFields, quarantine};
+use crate::text::{ShortStr, same_text};
 
 use coerce::{Json, Raw};
 use column::ColumnBuilder;
@@ -466,7 +467,7 @@ impl<'s> BatchBuilder<'s> {
             }
             None => {
                 let compiled: &'s CompiledSchema = self.compiled;
-                let entry = match compiled.field_index.get_key_value(&FieldName(name)) {
+                let entry = match compiled.field_index.get_key_value(&ShortStr(name)) {
                     Some((known, &index)) => (Cow::Borrowed(known.as_str()), Some(index)),
                     None => (Cow::Owned(name.to_string()), None),
                 };
@@ -652,40 +653,6 @@ impl<'s> BatchBuilder<'s> {
                 reason,
             });
         }
-    }
-}
-
-/// A field name as a record spells it, looked up in [`CompiledSchema`]'s field index: hashed as
-/// the index's `String` keys are, compared with [`same_text`].
-#[derive(Hash)]
-struct FieldName<'a>(&'a str);
-
-impl hashbrown::Equivalent<String> for FieldName<'_> {
-    fn equivalent(&self, key: &String) -> bool {
-        same_text(key, self.0)
-    }
-}
-
-/// Whether two short texts are equal: a record's field name and the one the last record had at
-/// its position, or a value and an `absent` marker. They are a few bytes: compared in place,
-/// without a call to `memcmp` for each field of each record.
-#[inline]
-fn same_text(known: &str, name: &str) -> bool {
-    let (a, b) = (known.as_bytes(), name.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
-    match n {
-        // Two loads that may overlap cover the whole name.
-        8.. => {
-            (0..n - 8).step_by(8).all(|at| word(a, at) == word(b, at))
-                && word(a, n - 8) == word(b, n - 8)
-        }
-        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-        _ => a.iter().zip(b).all(|(x, y)| x == y),
     }
 }
 

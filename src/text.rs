@@ -1,0 +1,98 @@
+//! Equality of short texts for the hot paths: field names, `absent` markers and dictionary
+//! values are a few bytes, compared in place instead of with a call to `memcmp` each.
+
+use std::hash::{Hash, Hasher};
+
+/// Whether two texts are equal. Texts of a few bytes (field names, `absent` markers, host names)
+/// are compared in place, a word at a time, without a call to `memcmp`.
+#[inline]
+pub fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        // Two loads that may overlap cover the whole text.
+        8.. => {
+            (0..n - 8).step_by(8).all(|at| word(a, at) == word(b, at))
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a.iter().zip(b).all(|(x, y)| x == y),
+    }
+}
+
+/// A text as a hash-map key, or as what is looked up in a map keyed by `String`: hashed as `str`
+/// is, compared with [`same_text`].
+#[derive(Clone, Copy, Debug)]
+pub struct ShortStr<'a>(pub &'a str);
+
+impl Hash for ShortStr<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for ShortStr<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        same_text(self.0, other.0)
+    }
+}
+
+impl Eq for ShortStr<'_> {}
+
+impl hashbrown::Equivalent<String> for ShortStr<'_> {
+    fn equivalent(&self, key: &String) -> bool {
+        same_text(key, self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn texts_compare_as_strings() {
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "abcde",
+            "reqPath",
+            "reqTimeS",
+            "reqTimeSec",
+            "tlsOverheadTimeMSec",
+            "www.example.com/a/very/long/host/and/path",
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same_text(a, b), a == b, "{a:?} {b:?}");
+                let mut changed = b.to_string().into_bytes();
+                for i in 0..changed.len() {
+                    changed[i] ^= 1;
+                    let changed_text = std::str::from_utf8(&changed).unwrap();
+                    assert_eq!(same_text(a, changed_text), a == changed_text);
+                    changed[i] ^= 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_str_hashes_as_its_string() {
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        for text in ["", "x", "reqTimeSec", "tlsOverheadTimeMSec"] {
+            assert_eq!(
+                hasher.hash_one(ShortStr(text)),
+                hasher.hash_one(text.to_string())
+            );
+        }
+    }
+}
