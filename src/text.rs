@@ -7,7 +7,12 @@ use std::hash::{Hash, Hasher};
 /// are compared in place, a word at a time, without a call to `memcmp`.
 #[inline]
 pub fn same_text(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`same_text`] for bytes (keys made of several values).
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
@@ -50,6 +55,35 @@ impl hashbrown::Equivalent<String> for ShortStr<'_> {
     }
 }
 
+impl hashbrown::Equivalent<Box<str>> for ShortStr<'_> {
+    fn equivalent(&self, key: &Box<str>) -> bool {
+        same_text(key, self.0)
+    }
+}
+
+/// Bytes looked up in a map keyed by `Box<[u8]>`: hashed as `[u8]` is, compared with
+/// [`same_bytes`].
+#[derive(Clone, Copy, Debug)]
+pub struct ShortBytes<'a>(pub &'a [u8]);
+
+impl Hash for ShortBytes<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Box<[u8]>> for ShortBytes<'_> {
+    fn equivalent(&self, key: &Box<[u8]>) -> bool {
+        same_bytes(key, self.0)
+    }
+}
+
+impl From<&ShortBytes<'_>> for Box<[u8]> {
+    fn from(bytes: &ShortBytes<'_>) -> Box<[u8]> {
+        Box::from(bytes.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::hash::BuildHasher;
@@ -86,12 +120,15 @@ mod tests {
     }
 
     #[test]
-    fn a_short_str_hashes_as_its_string() {
+    fn short_texts_hash_as_what_they_look_up() {
         let hasher = hashbrown::DefaultHashBuilder::default();
         for text in ["", "x", "reqTimeSec", "tlsOverheadTimeMSec"] {
+            let hash = hasher.hash_one(ShortStr(text));
+            assert_eq!(hash, hasher.hash_one(text.to_string()));
+            assert_eq!(hash, hasher.hash_one(Box::<str>::from(text)));
             assert_eq!(
-                hasher.hash_one(ShortStr(text)),
-                hasher.hash_one(text.to_string())
+                hasher.hash_one(ShortBytes(text.as_bytes())),
+                hasher.hash_one(Box::<[u8]>::from(text.as_bytes()))
             );
         }
     }

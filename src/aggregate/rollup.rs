@@ -34,6 +34,7 @@ use crate::schema::ChType;
 use crate::schema::rollup::{
     Derive, MeasureKind, NumberKind, QuantileBins, Rollup, number_kind, path_prefix,
 };
+use crate::text::{ShortBytes, ShortStr};
 
 /// The string every string key of an overflow group holds.
 pub const OVERFLOW_KEY: &str = "__overflow__";
@@ -362,8 +363,8 @@ impl RollupState {
                 }
             }
             // Common case first: below the cap a group is found or opened with one lookup.
-            let in_groups =
-                self.groups.len() < rollup.max_groups || self.groups.contains_key(&self.key[..]);
+            let in_groups = self.groups.len() < rollup.max_groups
+                || self.groups.contains_key(&ShortBytes(&self.key));
             if !in_groups {
                 self.stats.overflow_rows += 1;
                 self.key.clear();
@@ -378,7 +379,7 @@ impl RollupState {
                     }
                 }
                 if self.overflow.len() >= rollup.max_groups
-                    && !self.overflow.contains_key(&self.key[..])
+                    && !self.overflow.contains_key(&ShortBytes(&self.key))
                 {
                     self.emit_all();
                 }
@@ -389,7 +390,7 @@ impl RollupState {
                 &mut self.overflow
             };
             let group = groups
-                .entry_ref(&self.key[..])
+                .entry_ref(&ShortBytes(&self.key))
                 .or_insert_with(|| Group::new(&rollup));
             let mut full = false;
             for (reader, (state, bins)) in measures
@@ -437,7 +438,7 @@ impl RollupState {
                         if let Some(v) = reader.str(row) {
                             // One probe: the value is boxed only when it is new.
                             let before = set.len();
-                            set.get_or_insert_with(v, |v: &str| Box::from(v));
+                            set.get_or_insert_with(&ShortStr(v), |v| Box::from(v.0));
                             if set.len() > before {
                                 full |= set.len() >= rollup.max_distinct;
                             }
