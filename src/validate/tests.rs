@@ -561,7 +561,7 @@ fn fields_left_out_added_or_moved_keep_their_columns() {
                 format!(r#""bytes":"{bytes}""#),
             );
         }
-        let country = (next(2) == 0).then(|| if row % 2 == 0 { "DE" } else { "FR" });
+        let country = (next(2) == 0).then_some(if row % 2 == 0 { "DE" } else { "FR" });
         if let Some(country) = country {
             fields.push(format!(r#""country":"{country}""#));
         }
