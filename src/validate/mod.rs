@@ -181,6 +181,9 @@ pub struct CompiledSchema {
     /// Bytes of text per row of each String column in the last body (0 for other columns):
     /// how much room [`CompiledSchema::begin_sized`] gives the next one.
     string_bytes_per_row: Vec<std::sync::atomic::AtomicU32>,
+    /// Decompressed body bytes per record of the last body (0 before the first): how many
+    /// records [`CompiledSchema::expected_rows`] expects of the next one.
+    body_bytes_per_row: std::sync::atomic::AtomicU32,
     /// Per column: its value is the same in every row of a request (a context column other
     /// than `extra`). Such a column is built once per request, not appended to per row.
     per_request: Vec<bool>,
@@ -247,6 +250,7 @@ impl CompiledSchema {
                 .unknown_fields
                 .unwrap_or(schema.input.unknown_fields),
             string_bytes_per_row: schema.columns.iter().map(|_| Default::default()).collect(),
+            body_bytes_per_row: Default::default(),
             per_request,
             row_columns,
             plans: schema.columns.iter().map(coerce::Plan::new).collect(),
@@ -260,6 +264,29 @@ impl CompiledSchema {
 
     pub fn delimiter(&self) -> u8 {
         self.schema.input.delimiter.as_bytes()[0]
+    }
+
+    /// About how many records the decompressed `body` holds, to size the column builders: as
+    /// many as the last body's bytes per record make (an eighth more), or, for the first body,
+    /// one per line (none for a JSON array), counted.
+    fn expected_rows(&self, body: &[u8], format: decode::BodyFormat) -> usize {
+        match self
+            .body_bytes_per_row
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+        {
+            0 if format == decode::BodyFormat::JsonArray => 0,
+            0 => memchr::memchr_iter(b'\n', body).count() + 1,
+            per_row => body.len() / per_row * 9 / 8 + 1,
+        }
+    }
+
+    /// Remembers the bytes per record of a body for [`Self::expected_rows`].
+    fn note_body(&self, bytes: usize, records: usize) {
+        if records > 0 {
+            let per_row = (bytes / records).clamp(1, u32::MAX as usize) as u32;
+            self.body_bytes_per_row
+                .store(per_row, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Starts the batch of one request.
@@ -847,15 +874,12 @@ fn validate_decompressed(
         max_nesting_depth: limits.max_nesting_depth,
     };
     let decoded_bytes = body.len();
-    // One record per line but in a JSON array: a count of lines sizes the builders once.
-    let rows = match format {
-        decode::BodyFormat::JsonArray => 0,
-        _ => (memchr::memchr_iter(b'\n', body).count() + 1).min(limits.max_records),
-    };
+    let rows = compiled.expected_rows(body, format).min(limits.max_records);
     let mut builder = compiled.begin_sized(&context, limits.max_errors, rows, body.len());
     decode::decode(format, body, &options, &mut builder)?;
     let mut validated = builder.finish();
     validated.decoded_bytes = decoded_bytes;
+    compiled.note_body(decoded_bytes, validated.accepted + validated.rejected);
     Ok(Some((validated, digest)))
 }
 

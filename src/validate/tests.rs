@@ -609,3 +609,27 @@ fn fields_left_out_added_or_moved_keep_their_columns() {
         );
     }
 }
+
+/// The builders of a body are sized by counting its lines the first time, then from the last
+/// body's bytes per record, without a pass over the body.
+#[test]
+fn builders_are_sized_from_the_last_body() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    assert_eq!(compiled.expected_rows(b"{}\n{}\n{}", BodyFormat::Ndjson), 3);
+    assert_eq!(compiled.expected_rows(b"[{},{}]", BodyFormat::JsonArray), 0);
+    compiled.note_body(50_000, 100);
+    assert_eq!(
+        compiled.expected_rows(&[b'\n'; 100_000], BodyFormat::Ndjson),
+        226
+    );
+    assert_eq!(
+        compiled.expected_rows(&[b'x'; 10], BodyFormat::JsonArray),
+        1
+    );
+    // A body without records leaves the figure as it was.
+    compiled.note_body(1_000, 0);
+    assert_eq!(
+        compiled.expected_rows(&[b'x'; 100_000], BodyFormat::Ndjson),
+        226
+    );
+}
