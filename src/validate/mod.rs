@@ -282,8 +282,8 @@ impl CompiledSchema {
 
     /// Remembers the bytes per record of a body for [`Self::expected_rows`].
     fn note_body(&self, bytes: usize, records: usize) {
-        if records > 0 {
-            let per_row = (bytes / records).clamp(1, u32::MAX as usize) as u32;
+        if let Some(per_row) = bytes.checked_div(records) {
+            let per_row = per_row.clamp(1, u32::MAX as usize) as u32;
             self.body_bytes_per_row
                 .store(per_row, std::sync::atomic::Ordering::Relaxed);
         }
