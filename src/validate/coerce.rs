@@ -152,21 +152,14 @@ impl Plan {
         }
     }
 
-    fn check_range(&self, column: &Column, v: f64) -> Result<(), String> {
-        if self.min <= v && v <= self.max {
-            return Ok(());
+    fn check_range(&self, v: f64) -> Result<(), String> {
+        if v < self.min {
+            return Err(format!("value {v} is below the minimum {}", self.min));
         }
-        let (min, max) = (self.min, self.max);
-        if v < min {
-            return Err(format!(
-                "value {v} is below the minimum {}",
-                column.spec.min.unwrap_or(min)
-            ));
+        if v > self.max {
+            return Err(format!("value {v} is above the maximum {}", self.max));
         }
-        Err(format!(
-            "value {v} is above the maximum {}",
-            column.spec.max.unwrap_or(max)
-        ))
+        Ok(())
     }
 }
 
@@ -184,12 +177,12 @@ pub(super) fn append(
     match plan.kind {
         Kind::Unsigned(max) => {
             let v = unsigned(value, column, max)?;
-            plan.check_range(column, v as f64)?;
+            plan.check_range(v as f64)?;
             builder.append_u64(v);
         }
         Kind::Signed(min, max) => {
             let v = signed(value, column, min, max)?;
-            plan.check_range(column, v as f64)?;
+            plan.check_range(v as f64)?;
             builder.append_i64(v);
         }
         Kind::Float => {
@@ -199,7 +192,7 @@ pub(super) fn append(
                 Some(Number::Float(v)) => v,
                 None => return Err(expected(column.ch_type.value_type(), value)),
             };
-            plan.check_range(column, v)?;
+            plan.check_range(v)?;
             builder.append_f64(v);
         }
         Kind::DateTime => builder.append_u64(unix_seconds(value)?),
