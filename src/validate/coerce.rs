@@ -190,7 +190,7 @@ pub(super) fn append(
                 Some(Number::Unsigned(v)) => v as f64,
                 Some(Number::Signed(v)) => v as f64,
                 Some(Number::Float(v)) => v,
-                None => return Err(expected(column.ch_type.value_type(), value)),
+                None => return Err(expected_value(column, value)),
             };
             plan.check_range(v)?;
             builder.append_f64(v);
@@ -200,8 +200,7 @@ pub(super) fn append(
             let ChType::Enum8(variants) = column.ch_type.value_type() else {
                 unreachable!("an Enum plan is made from an Enum8 column")
             };
-            let name =
-                text_of(value).ok_or_else(|| expected(column.ch_type.value_type(), value))?;
+            let name = text_of(value).ok_or_else(|| expected_value(column, value))?;
             match variants.iter().find(|(n, _)| n == name) {
                 Some((_, code)) => builder.append_i64(*code as i64),
                 None => {
@@ -211,10 +210,9 @@ pub(super) fn append(
             }
         }
         Kind::Uuid => {
-            let text =
-                text_of(value).ok_or_else(|| expected(column.ch_type.value_type(), value))?;
-            let uuid = uuid::Uuid::try_parse(text.trim())
-                .map_err(|_| expected(column.ch_type.value_type(), value))?;
+            let text = text_of(value).ok_or_else(|| expected_value(column, value))?;
+            let uuid =
+                uuid::Uuid::try_parse(text.trim()).map_err(|_| expected_value(column, value))?;
             builder.append_bytes16(uuid.as_bytes());
         }
         Kind::Text => {
@@ -445,21 +443,25 @@ fn parse_number(text: &str) -> Option<Number> {
 }
 
 fn unsigned(value: Raw<'_>, column: &Column, max: u64) -> Result<u64, String> {
-    let ty = || column.ch_type.value_type();
-    let out_of_range = |shown: String| format!("value {shown} out of range for {}", ty());
+    let out_of_range = |shown: String| {
+        let ty = column.ch_type.value_type();
+        format!("value {shown} out of range for {ty}")
+    };
     match number(value) {
         Some(Number::Unsigned(v)) if v <= max => Ok(v),
         Some(Number::Unsigned(v)) => Err(out_of_range(v.to_string())),
         Some(Number::Signed(v)) => Err(out_of_range(v.to_string())),
         Some(Number::Float(v)) if v.fract() == 0.0 && v >= 0.0 && v <= max as f64 => Ok(v as u64),
         Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
-        _ => Err(expected(ty(), value)),
+        _ => Err(expected_value(column, value)),
     }
 }
 
 fn signed(value: Raw<'_>, column: &Column, min: i64, max: i64) -> Result<i64, String> {
-    let ty = || column.ch_type.value_type();
-    let out_of_range = |shown: String| format!("value {shown} out of range for {}", ty());
+    let out_of_range = |shown: String| {
+        let ty = column.ch_type.value_type();
+        format!("value {shown} out of range for {ty}")
+    };
     match number(value) {
         Some(Number::Signed(v)) if (min..=max).contains(&v) => Ok(v),
         Some(Number::Unsigned(v)) if v <= max as u64 => Ok(v as i64),
@@ -469,7 +471,7 @@ fn signed(value: Raw<'_>, column: &Column, min: i64, max: i64) -> Result<i64, St
             Ok(v as i64)
         }
         Some(Number::Float(v)) if v.fract() == 0.0 => Err(out_of_range(v.to_string())),
-        _ => Err(expected(ty(), value)),
+        _ => Err(expected_value(column, value)),
     }
 }
 
@@ -524,6 +526,12 @@ fn text_of<'a>(value: Raw<'a>) -> Option<&'a str> {
 
 fn expected(ty: &ChType, value: Raw<'_>) -> String {
     format!("expected {ty}, got {}", got(value))
+}
+
+/// [`expected`] naming the column's type without its wrappers (`UInt32`, not
+/// `Nullable(UInt32)`).
+fn expected_value(column: &Column, value: Raw<'_>) -> String {
+    expected(column.ch_type.value_type(), value)
 }
 
 /// The value as the sender wrote it, shortened for messages.
