@@ -256,7 +256,7 @@ fn check_text(column: &Column, text: &str) -> Result<(), String> {
             pattern.as_str()
         ));
     }
-    if column.spec.format == Some(ValueFormat::Ip) && text.parse::<std::net::IpAddr>().is_err() {
+    if column.spec.format == Some(ValueFormat::Ip) && !is_ip(text) {
         return Err(format!("{} is not an IP address", quoted(text)));
     }
     Ok(())
@@ -295,18 +295,55 @@ fn text<'a>(
     if url_decode && let Some(at) = memchr::memchr2(b'%', b'+', text.as_bytes()) {
         scratch.url.clear();
         scratch.url.extend_from_slice(&text.as_bytes()[..at]);
-        url_decode_into(&text.as_bytes()[at..], &mut scratch.url);
-        return std::str::from_utf8(&scratch.url)
-            .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string());
+        if url_decode_into(&text.as_bytes()[at..], &mut scratch.url) {
+            return std::str::from_utf8(&scratch.url)
+                .map_err(|_| "value is not valid UTF-8 after URL decoding".to_string());
+        }
+        // SAFETY: every escape decoded to ASCII, so the bytes are the text's own (valid UTF-8)
+        // with ASCII runs replaced by ASCII bytes: still valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(&scratch.url) });
     }
     Ok(text)
+}
+
+/// Whether `text` is an IP address as the standard parser reads one. A plain dotted quad (most
+/// client addresses) is accepted in one pass; anything else, IPv6 and every refusal included,
+/// is left to the standard parser, so the answer is always its answer.
+fn is_ip(text: &str) -> bool {
+    plain_dotted_quad(text.as_bytes()) || text.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Four dot-separated decimal numbers, each 0..=255 without a leading zero, and nothing else:
+/// a subset of what the standard parser accepts.
+fn plain_dotted_quad(text: &[u8]) -> bool {
+    let (mut dots, mut digits, mut value) = (0, 0, 0u32);
+    for &byte in text {
+        match byte {
+            b'0'..=b'9' => {
+                if digits == 1 && value == 0 {
+                    return false;
+                }
+                value = value * 10 + u32::from(byte - b'0');
+                digits += 1;
+                if value > 255 {
+                    return false;
+                }
+            }
+            b'.' if digits > 0 && dots < 3 => (dots, digits, value) = (dots + 1, 0, 0),
+            _ => return false,
+        }
+    }
+    dots == 3 && digits > 0
 }
 
 /// URL decoding (RFC 1738): `+` is a space, `%XX` a byte, and a `%` without two hex digits after
 /// it stays as it is, as the `percent-encoding` crate decodes; the tests compare the two. One
 /// byte at a time: values that need decoding at all (user agents, referers) are dense with
 /// escapes, where a search per escape costs more than it skips.
-pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
+///
+/// Returns whether an escape decoded to a byte outside ASCII: only then can the output be
+/// invalid UTF-8 when `text` is valid UTF-8 (every other byte is copied or is ASCII).
+pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) -> bool {
     /// Hex digit values; 0xFF for bytes that are not hex digits.
     const HEX: [u8; 256] = {
         let mut table = [0xFF; 256];
@@ -327,6 +364,7 @@ pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
     // it to what was written (one store per byte, no capacity check per byte).
     let start = out.len();
     out.resize(start + text.len(), 0);
+    let mut escaped = 0u8;
     let written = {
         let out = &mut out[start..];
         let (mut i, mut j) = (0, 0);
@@ -339,6 +377,7 @@ pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
                     if (hi | lo) == 0xFF {
                         (byte, 1)
                     } else {
+                        escaped |= hi;
                         (hi << 4 | lo, 3)
                     }
                 }
@@ -351,6 +390,7 @@ pub(super) fn url_decode_into(text: &[u8], out: &mut Vec<u8>) {
         j
     };
     out.truncate(start + written);
+    escaped >= 8
 }
 
 /// The items of an Array(String) value, into `scratch.text` and `scratch.items`.
@@ -580,7 +620,7 @@ pub(super) fn push_json_string(out: &mut String, text: &str) {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Number, parse_number, url_decode_into};
+    use super::{Number, is_ip, parse_number, plain_dotted_quad, url_decode_into};
 
     /// What `percent-encoding` makes of `text`, with `+` as a space.
     fn reference_decode(text: &str) -> Vec<u8> {
@@ -590,14 +630,53 @@ mod tests {
             .join(&b' ')
     }
 
+    #[test]
+    fn plain_quads_take_the_one_pass_check() {
+        for quad in ["0.0.0.0", "255.255.255.255", "128.147.28.68", "10.0.0.1"] {
+            assert!(plain_dotted_quad(quad.as_bytes()), "{quad}");
+        }
+        for other in [
+            "01.2.3.4",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.",
+            "1..2.3",
+            ".1.2.3",
+            "::1",
+            "",
+        ] {
+            assert!(!plain_dotted_quad(other.as_bytes()), "{other}");
+        }
+    }
+
     proptest! {
         #[test]
         fn url_decoding_matches_percent_encoding_on_any_text(text in "[%+aAfFgz09 é]{0,24}") {
             let mut decoded = b"kept".to_vec();
-            url_decode_into(text.as_bytes(), &mut decoded);
+            let high_escape = url_decode_into(text.as_bytes(), &mut decoded);
             let mut expected = b"kept".to_vec();
             expected.extend(reference_decode(&text));
+            // Non-ASCII bytes are copied one to one, so there are more of them after decoding
+            // exactly when an escape decoded to one; without one the output is valid UTF-8.
+            let non_ascii = |bytes: &[u8]| bytes.iter().filter(|b| !b.is_ascii()).count();
+            prop_assert_eq!(high_escape, non_ascii(&expected) > non_ascii(text.as_bytes()));
+            if !high_escape {
+                prop_assert!(std::str::from_utf8(&decoded).is_ok());
+            }
             prop_assert_eq!(decoded, expected);
+        }
+
+        /// The one-pass check accepts only what the standard parser accepts, and accepts
+        /// plain quads; with the fallback the answer is the standard parser's.
+        #[test]
+        fn ip_addresses_are_read_as_the_standard_parser_reads_them(
+            text in "[0-9]{1,4}(\\.[0-9]{0,4}){0,4}|[0-9.:a-f ]{0,16}"
+        ) {
+            let std = text.parse::<std::net::IpAddr>().is_ok();
+            prop_assert_eq!(is_ip(&text), std, "{:?}", text);
+            if plain_dotted_quad(text.as_bytes()) {
+                prop_assert!(std, "{:?}", text);
+            }
         }
 
         /// Digit strings of every length around the 19-digit fast path, and short strings

@@ -511,6 +511,7 @@ impl<'s> BatchBuilder<'s> {
     }
 
     /// Appends a field whose column is `index` (`None`: not a column of the schema).
+    #[inline(always)]
     fn append_field(&mut self, index: Option<usize>, name: &str, value: Raw<'_>) {
         match index {
             Some(index) => self.append_to(index, name, value),

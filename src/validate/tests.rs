@@ -457,6 +457,30 @@ fn url_decoding_matches_percent_encoding() {
 }
 
 #[test]
+fn url_decoded_text_must_be_utf8() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let row = |path: &str| {
+        format!(
+            r#"{{"reqId":"a","reqTimeSec":"1573840000","cliIP":"1.2.3.4","statusCode":"200","reqHost":"h","reqMethod":"GET","reqPath":"{path}"}}"#
+        )
+    };
+    let body = [row("/caf%C3%A9+%2F"), row("/a%FFb"), row("/%E2%82")].join("\n");
+    let batch = validate(&compiled, BodyFormat::Ndjson, &body);
+    assert_eq!((batch.accepted, batch.rejected), (1, 2));
+    assert_eq!(strings(&batch, "path"), [Some("/café /".to_string())]);
+    let errors: Vec<(usize, Option<&str>, &str)> = batch
+        .errors
+        .iter()
+        .map(|e| (e.line, e.field.as_deref(), e.reason.as_str()))
+        .collect();
+    let invalid = "value is not valid UTF-8 after URL decoding";
+    assert_eq!(
+        errors,
+        [(2, Some("reqPath"), invalid), (3, Some("reqPath"), invalid)]
+    );
+}
+
+#[test]
 fn rows_that_fail_after_good_fields_leave_no_trace_in_any_column() {
     let compiled = compiled("edge_access", &StreamOptions::default());
     let row = |id: &str, status: &str, path: &str, extra: &str| {
