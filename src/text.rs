@@ -61,6 +61,12 @@ impl hashbrown::Equivalent<Box<str>> for ShortStr<'_> {
     }
 }
 
+impl hashbrown::Equivalent<compact_str::CompactString> for ShortStr<'_> {
+    fn equivalent(&self, key: &compact_str::CompactString) -> bool {
+        same_text(key, self.0)
+    }
+}
+
 /// Bytes looked up in a map keyed by `Box<[u8]>`: hashed as `[u8]` is, compared with
 /// [`same_bytes`].
 #[derive(Clone, Copy, Debug)]

@@ -29,6 +29,7 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_buffer::NullBuffer;
+use compact_str::CompactString;
 
 use crate::schema::ChType;
 use crate::schema::rollup::{
@@ -74,7 +75,9 @@ pub enum MeasureState {
     SumF(f64),
     Min(Option<Num>),
     Max(Option<Num>),
-    DistinctStr(HashSet<Box<str>>),
+    /// Values of up to 24 bytes (addresses, ids) are kept inline: no allocation per new value
+    /// and no pointer to follow to compare one.
+    DistinctStr(HashSet<CompactString>),
     DistinctInt(HashSet<i64>),
     /// Bin index → count.
     Quantiles(HashMap<i32, u64>),
@@ -438,7 +441,7 @@ impl RollupState {
                         if let Some(v) = reader.str(row) {
                             // One probe: the value is boxed only when it is new.
                             let before = set.len();
-                            set.get_or_insert_with(&ShortStr(v), |v| Box::from(v.0));
+                            set.get_or_insert_with(&ShortStr(v), |v| CompactString::from(v.0));
                             if set.len() > before {
                                 full |= set.len() >= rollup.max_distinct;
                             }
@@ -752,7 +755,7 @@ fn build_batch(
             MeasureKind::Distinct => arrays.push(match measure.value_type {
                 ChType::String => string_lists(states.map(|s| match s {
                     MeasureState::DistinctStr(set) => {
-                        let mut values: Vec<&str> = set.iter().map(|v| &**v).collect();
+                        let mut values: Vec<&str> = set.iter().map(|v| v.as_str()).collect();
                         values.sort_unstable();
                         values
                     }
