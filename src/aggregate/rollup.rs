@@ -439,7 +439,7 @@ impl RollupState {
                     }
                     MeasureState::DistinctStr(set) => {
                         if let Some(v) = reader.str(row) {
-                            // One probe: the value is boxed only when it is new.
+                            // One probe: the value is copied only when it is new.
                             let before = set.len();
                             set.get_or_insert_with(&ShortStr(v), |v| CompactString::from(v.0));
                             if set.len() > before {
