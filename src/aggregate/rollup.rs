@@ -218,10 +218,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn is_null(&self, row: usize) -> bool {
         self.nulls.is_some_and(|nulls| nulls.is_null(row))
     }
 
+    // Inlined into the fold's row loop: called once per numeric key and measure per row, the
+    // call was a tenth of the fold's instructions.
+    #[inline(always)]
     fn num(&self, row: usize) -> Option<Num> {
         if self.is_null(row) {
             return None;
@@ -241,6 +245,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    #[inline]
     fn str(&self, row: usize) -> Option<&'a str> {
         match self.values {
             Values::S(a) if !self.is_null(row) => Some(a.value(row)),

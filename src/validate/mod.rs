@@ -520,7 +520,8 @@ impl<'s> BatchBuilder<'s> {
     }
 
     /// Coerces a value and appends it to column `index`; `name` is the field as the sender
-    /// named it.
+    /// named it. Inlined into the record loops, which call it once per field.
+    #[inline(always)]
     fn append_to(&mut self, index: usize, name: &str, value: Raw<'_>) {
         if self.row_error.is_some() {
             return;
