@@ -140,6 +140,7 @@ impl Plan {
 
     /// Whether `value` means "absent": JSON null, one of the schema's `absent` markers, or
     /// empty text for a column that is not text.
+    #[inline(always)]
     pub(super) fn is_absent(&self, value: Raw<'_>, absent: &[String]) -> bool {
         match value {
             Raw::Json(Json::Static(StaticNode::Null)) => true,

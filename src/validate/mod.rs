@@ -483,14 +483,21 @@ impl<'s> BatchBuilder<'s> {
     fn append_json_field(&mut self, position: usize, name: &str, value: Raw<'_>) {
         let at = (position + self.json_skipped).min(self.json_fields.len());
         let ahead = &self.json_fields[at..];
-        let found = ahead
-            .iter()
-            .take(JSON_FIELDS_AHEAD)
-            .position(|(known, _)| same_text(known, name));
+        // The common case, the field expected next, without the search's iterator.
+        let found = match ahead.first() {
+            Some((known, index)) if same_text(known, name) => Some((0, *index)),
+            _ => ahead
+                .iter()
+                .take(JSON_FIELDS_AHEAD)
+                .enumerate()
+                .skip(1)
+                .find(|(_, (known, _))| same_text(known, name))
+                .map(|(skip, (_, index))| (skip, *index)),
+        };
         let index = match found {
-            Some(skip) => {
+            Some((skip, index)) => {
                 self.json_skipped += skip;
-                self.json_fields[at + skip].1
+                index
             }
             None => {
                 let compiled: &'s CompiledSchema = self.compiled;
