@@ -307,11 +307,53 @@ fn text<'a>(
     Ok(text)
 }
 
-/// Whether `text` is an IP address as the standard parser reads one. A plain dotted quad (most
-/// client addresses) is accepted in one pass; anything else, IPv6 and every refusal included,
-/// is left to the standard parser, so the answer is always its answer.
+/// Whether `text` is an IP address as the standard parser reads one. A plain dotted quad or
+/// plain IPv6 groups (nearly every client address) are accepted in one pass; anything else
+/// (an IPv4 tail in IPv6, every refusal) is left to the standard parser, so the answer is
+/// always its answer.
 fn is_ip(text: &str) -> bool {
-    plain_dotted_quad(text.as_bytes()) || text.parse::<std::net::IpAddr>().is_ok()
+    let bytes = text.as_bytes();
+    plain_dotted_quad(bytes) || plain_ipv6(bytes) || text.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Colon-separated groups of one to four hex digits and nothing else: eight of them, or at most
+/// seven with one `::` standing for the rest. A subset of what the standard parser accepts.
+fn plain_ipv6(text: &[u8]) -> bool {
+    let (mut groups, mut digits, mut compressed) = (0, 0, false);
+    let mut at = 0;
+    if text.starts_with(b"::") {
+        compressed = true;
+        at = 2;
+    }
+    while at < text.len() {
+        let byte = text[at];
+        at += 1;
+        if byte.is_ascii_hexdigit() {
+            digits += 1;
+            if digits > 4 {
+                return false;
+            }
+            continue;
+        }
+        // A colon ends a group, which must have digits; a second one is the `::`.
+        if byte != b':' || digits == 0 {
+            return false;
+        }
+        (groups, digits) = (groups + 1, 0);
+        if text.get(at) == Some(&b':') {
+            if compressed {
+                return false;
+            }
+            compressed = true;
+            at += 1;
+        } else if at == text.len() {
+            return false;
+        }
+    }
+    if digits > 0 {
+        groups += 1;
+    }
+    if compressed { groups <= 7 } else { groups == 8 }
 }
 
 /// Four dot-separated decimal numbers, each 0..=255 without a leading zero, and nothing else:
@@ -621,7 +663,7 @@ pub(super) fn push_json_string(out: &mut String, text: &str) {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Number, is_ip, parse_number, plain_dotted_quad, url_decode_into};
+    use super::{Number, is_ip, parse_number, plain_dotted_quad, plain_ipv6, url_decode_into};
 
     /// What `percent-encoding` makes of `text`, with `+` as a space.
     fn reference_decode(text: &str) -> Vec<u8> {
@@ -650,6 +692,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn plain_ipv6_groups_take_the_one_pass_check() {
+        for address in [
+            "2a02:62f7:96db:785e:0:e1:313c:1a8e",
+            "2001:DB8:0:0:0:0:0:1",
+            "2001:db8::1",
+            "::",
+            "::1",
+            "fe80::",
+            "1:2:3:4:5:6:7::",
+            "::2:3:4:5:6:7:8",
+            "0000:0000:0000:0000:0000:0000:0000:0001",
+        ] {
+            assert!(plain_ipv6(address.as_bytes()), "{address}");
+            assert!(address.parse::<std::net::Ipv6Addr>().is_ok(), "{address}");
+        }
+        for other in [
+            "1:2:3:4:5:6:7",
+            "1:2:3:4:5:6:7:8:9",
+            "1::2::3",
+            ":::",
+            ":1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:",
+            "1:2:3:4:5:6:7:8::",
+            "::1:2:3:4:5:6:7:8",
+            "12345::",
+            "g::1",
+            "::ffff:1.2.3.4",
+            "fe80::1%eth0",
+            ":",
+            "",
+        ] {
+            assert!(!plain_ipv6(other.as_bytes()), "{other}");
+        }
+        // Left to the standard parser, which reads it.
+        assert!(is_ip("::ffff:1.2.3.4"));
+    }
+
     proptest! {
         #[test]
         fn url_decoding_matches_percent_encoding_on_any_text(text in "[%+aAfFgz09 é]{0,24}") {
@@ -676,6 +756,20 @@ mod tests {
             let std = text.parse::<std::net::IpAddr>().is_ok();
             prop_assert_eq!(is_ip(&text), std, "{:?}", text);
             if plain_dotted_quad(text.as_bytes()) {
+                prop_assert!(std, "{:?}", text);
+            }
+        }
+
+        /// IPv6-shaped texts (groups of zero to five hex digits, one or two colons between
+        /// them): the one-pass check accepts only what the standard parser accepts, and the
+        /// answer with the fallback is always the standard parser's.
+        #[test]
+        fn ipv6_texts_are_read_as_the_standard_parser_reads_them(
+            text in "(:{0,2}[0-9a-fA-F]{0,5}){0,10}:{0,2}"
+        ) {
+            let std = text.parse::<std::net::IpAddr>().is_ok();
+            prop_assert_eq!(is_ip(&text), std, "{:?}", text);
+            if plain_ipv6(text.as_bytes()) {
                 prop_assert!(std, "{:?}", text);
             }
         }
