@@ -28,6 +28,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
+mod agents;
+
 /// DataStream 2 JSON keys of `edge_access`, in the schema's body-column order (the default field
 /// order of delimited lines).
 pub const ACCESS_FIELDS: [&str; 24] = [
@@ -809,82 +811,6 @@ const HOSTS: &[HostSpec] = &[
     host("ws.example.com", HostKind::Api, 123493, None),
 ];
 
-/// Real user agents with rough shares.
-const USER_AGENTS: &[(&str, f64)] = &[
-    (
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        22.0,
-    ),
-    (
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Mobile/15E148 Safari/604.1",
-        16.0,
-    ),
-    (
-        "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
-        14.0,
-    ),
-    (
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        8.0,
-    ),
-    (
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Safari/605.1.15",
-        5.0,
-    ),
-    (
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.67",
-        5.0,
-    ),
-    (
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
-        3.0,
-    ),
-    (
-        "Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
-        3.0,
-    ),
-    (
-        "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
-        2.0,
-    ),
-    (
-        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        1.5,
-    ),
-    (
-        "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
-        1.0,
-    ),
-    (
-        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-        2.5,
-    ),
-    (
-        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
-        1.0,
-    ),
-    (
-        "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
-        0.5,
-    ),
-    (
-        "AppleCoreMedia/1.0.0.21E236 (iPhone; U; CPU OS 17_4_1 like Mac OS X; en_us)",
-        3.0,
-    ),
-    (
-        "Dalvik/2.1.0 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230901.001)",
-        2.0,
-    ),
-    (
-        "MyShop/5.12.1 (com.example.shop; build:5121; iOS 17.4.1) Alamofire/5.9.0",
-        3.0,
-    ),
-    ("okhttp/4.12.0", 3.0),
-    ("curl/8.5.0", 1.5),
-    ("python-requests/2.31.0", 1.0),
-    ("Go-http-client/2.0", 1.0),
-];
-
 /// ISO 3166-1 alpha-2 codes with rough traffic shares and a few of each country's real ASNs.
 const COUNTRIES: &[(&str, f64, &[u32])] = &[
     ("US", 30.0, &[7922, 7018, 701, 20115, 16509, 15169]),
@@ -1089,6 +1015,8 @@ pub struct Generator {
     rng: ChaCha8Rng,
     config: GeneratorConfig,
     hosts: WeightedIndex<f64>,
+    /// The user agent pool ([`agents`]) and its weights.
+    agents: Vec<String>,
     user_agents: WeightedIndex<f64>,
     countries: WeightedIndex<f64>,
     statuses: WeightedIndex<f64>,
@@ -1112,11 +1040,13 @@ impl Generator {
     }
 
     pub fn with_config(seed: u64, config: GeneratorConfig) -> Self {
+        let (agents, user_agents) = agents::pool();
         Generator {
             rng: ChaCha8Rng::seed_from_u64(seed),
             config,
             hosts: zipf(HOSTS.len(), 1.1),
-            user_agents: weighted(USER_AGENTS, |u| u.1),
+            agents,
+            user_agents,
             countries: weighted(COUNTRIES, |c| c.1),
             statuses: weighted(STATUSES, |s| s.1),
             methods: weighted(METHODS, |m| m.1),
@@ -1333,11 +1263,7 @@ impl Generator {
         let ua = if self.chance(0.01) {
             None
         } else {
-            Some(
-                USER_AGENTS[self.user_agents.sample(&mut self.rng)]
-                    .0
-                    .to_string(),
-            )
+            Some(self.agents[self.user_agents.sample(&mut self.rng)].clone())
         };
         let (tls_overhead_time_msec, tls_version) = if https {
             let overhead = if self.chance(0.7) {

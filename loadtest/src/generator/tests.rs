@@ -262,6 +262,16 @@ fn access_distributions_look_like_edge_traffic() {
     assert!(hosts.len() >= 25, "{} hosts", hosts.len());
     let top = *hosts.values().max().unwrap() as f64 / n;
     assert!((0.1..0.4).contains(&top), "top host share {top}");
+    let mut agents: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &rows {
+        if let Some(ua) = &r.ua {
+            *agents.entry(ua).or_default() += 1;
+        }
+    }
+    // A long tail, as in real logs (1,055 distinct in these rows), led by current browsers.
+    assert!(agents.len() > 500, "{} user agents", agents.len());
+    let top = *agents.values().max().unwrap() as f64 / n;
+    assert!((0.02..0.15).contains(&top), "top user agent share {top}");
     let ips: HashSet<&str> = rows.iter().map(|r| r.cli_ip.as_str()).collect();
     assert!(ips.len() > 2_000 && ips.len() < rows.len());
     for r in &rows {
