@@ -76,6 +76,16 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
     items[a.min(b)]
 }
 
+/// An Android build id as devices report it (`UP1A.231005.007`).
+fn android_build(rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "{}.{}.{:03}",
+        pick(rng, &["UP1A", "TP1A", "TQ3A", "SP1A", "RKQ1"]),
+        rng.gen_range(230_901..241_105),
+        rng.gen_range(1..20)
+    )
+}
+
 fn ios_dotted(ios: &str) -> String {
     ios.replace('_', ".")
 }
@@ -218,12 +228,10 @@ const FAMILIES: &[Family] = &[
         variants: 600,
         draw: |rng| {
             format!(
-                "Mozilla/5.0 (Linux; Android {}; {} Build/{}.{}.{:03}; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/{}.0.{}.{} Mobile Safari/537.36",
+                "Mozilla/5.0 (Linux; Android {}; {} Build/{}; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/{}.0.{}.{} Mobile Safari/537.36",
                 pick(rng, ANDROID),
                 pick(rng, ANDROID_MODELS),
-                pick(rng, &["UP1A", "TP1A", "TQ3A", "SP1A", "RKQ1"]),
-                rng.gen_range(230_901..241_105),
-                rng.gen_range(1..20),
+                android_build(rng),
                 pick(rng, CHROME),
                 rng.gen_range(6000..6800),
                 rng.gen_range(40..200)
@@ -284,12 +292,10 @@ const FAMILIES: &[Family] = &[
         variants: 150,
         draw: |rng| {
             format!(
-                "Dalvik/2.1.0 (Linux; U; Android {}; {} Build/{}.{}.{:03})",
+                "Dalvik/2.1.0 (Linux; U; Android {}; {} Build/{})",
                 pick(rng, ANDROID),
                 pick(rng, ANDROID_MODELS),
-                pick(rng, &["UP1A", "TP1A", "TQ3A", "SP1A"]),
-                rng.gen_range(230_901..241_105),
-                rng.gen_range(1..20)
+                android_build(rng)
             )
         },
     },
