@@ -5,8 +5,9 @@
 //!
 //! The pool is the same for every seed: it is the world the traffic is drawn from, built once
 //! per [`super::Generator`] from a fixed seed. Within a family, variants are drawn from its
-//! version and device lists and weighted by a Zipf law in the order they were drawn, so the first
-//! (the newest versions are listed first) are the most common.
+//! version and device lists and weighted by a Zipf law in the order they were drawn; the draws
+//! favour the front of each list, where the newest versions and commonest devices stand, so
+//! those tend to lead.
 
 use std::collections::HashSet;
 
