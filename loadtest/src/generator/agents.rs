@@ -364,7 +364,7 @@ pub(super) fn pool() -> (Vec<String>, WeightedIndex<f64>) {
     let mut weights = Vec::new();
     for family in FAMILIES {
         let mut seen = HashSet::new();
-        // Draws beyond the family's variants give up on finding new ones (small lists).
+        // At most four draws per variant: a family with few combinations ends with fewer.
         let drawn: Vec<String> = (0..family.variants * 4)
             .map(|_| (family.draw)(&mut rng))
             .filter(|agent| seen.insert(agent.clone()))
