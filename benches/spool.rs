@@ -29,8 +29,8 @@ fn record(body: Bytes) -> SpoolRecord {
         },
         content_type: Some("application/x-ndjson".into()),
         content_encoding: Some("gzip".into()),
-        accepted_rows: ROWS as u32,
-        rejected_rows: 0,
+        declared_rows: Some(ROWS as u64),
+        limits: Some(sluice::config::Limits::default().body_limits()),
         body,
     }
 }

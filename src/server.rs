@@ -201,10 +201,10 @@ impl Server {
     }
 }
 
-/// Delivers the spool's unconfirmed records again, before the listeners open. A record whose
-/// rows ClickHouse already holds (its request id is found with as many rows as were accepted) is
-/// confirmed without a second insert: a crash between an insert and its confirmation must not
-/// duplicate rows.
+/// Delivers the spool's unconfirmed records again, before the listeners open. Each body is
+/// validated again; a record whose rows ClickHouse already holds (its principal and batch id are
+/// found with as many rows as validation accepts) is confirmed without a second insert: a crash
+/// between an insert and its confirmation must not duplicate rows.
 async fn replay(
     recovery: Recovery,
     pipeline: &Pipeline,
@@ -230,6 +230,11 @@ async fn replay(
             .push((id, record));
     }
     let (mut replayed, mut already_stored) = (0usize, 0usize);
+    // The digest of each batch replayed, by principal, stream and batch id.
+    let mut replayed_batches: std::collections::HashMap<
+        (String, String, String),
+        crate::dedup::Digest,
+    > = Default::default();
     for ((stream, version), records) in groups {
         let Some(version) = pipeline.stream(&stream).and_then(|v| v.get(&version)) else {
             tracing::error!(%stream, version, records = records.len(),
@@ -265,47 +270,104 @@ async fn replay(
         }
         for (id, record) in records {
             let key = key_of(&record);
-            let accepted = u64::from(record.accepted_rows);
-            let raw_found = raw_stored.get(&key).copied().unwrap_or(0);
-            let quarantine_found = quarantine_stored.get(&key).copied().unwrap_or(0);
-            // With sampling the raw rows to expect are known only after validation.
-            let raw_done_early =
-                !version.keep_raw || (version.raw_sample >= 1.0 && raw_found >= accepted);
-            let quarantine_done = quarantine_found >= u64::from(record.rejected_rows);
-            let rollups_done: Vec<bool> = rollups_stored
-                .iter()
-                .map(|stored| stored.get(&key).copied().unwrap_or(0) >= accepted)
-                .collect();
-            if raw_done_early && quarantine_done && rollups_done.iter().all(|done| *done) {
-                spool.confirm(&[id]);
-                already_stored += 1;
-                continue;
-            }
             let encoding = crate::decode::content_encoding(record.content_encoding.as_deref())?;
             let context = Arc::new(record.context.clone());
             let compiled = version.compiled.clone();
-            let limits = config.limits.body_limits();
+            // Version-1 records predate recorded limits; they were accepted.
+            let recorded_limits = record.limits;
+            let limits = recorded_limits.unwrap_or_else(|| config.limits.body_limits());
+            let body = record.body.clone();
+            let content_type = record.content_type.clone();
             let validated = tokio::task::spawn_blocking(move || {
                 validate::validate_body(
                     &compiled,
                     record.context,
-                    &record.body,
+                    &body,
                     encoding,
-                    record.content_type.as_deref(),
+                    content_type.as_deref(),
                     limits,
-                    false,
+                    true,
                 )
             })
-            .await??;
-            let Some((validated, _)) = validated else {
+            .await?;
+            // The ingest path appends a body while validating it: a record can hold a batch
+            // that was refused, if sluice stopped before the void reached the disk (and then
+            // before the answer was sent). The same checks refuse it again here.
+            let refused = |reason: &str| {
+                tracing::warn!(record = id, principal = %key.0, batch_id = %key.1,
+                    request_id = %context.request_id, reason,
+                    "spool record holds a batch refused when it was received; not delivered");
+                metrics::counter!("sluice_spool_refused_on_replay_total").increment(1);
                 spool.confirm(&[id]);
-                continue;
             };
+            let (validated, digest) = match validated {
+                Ok(Some(validated)) => validated,
+                // Logpush's destination probe: nothing to store.
+                Ok(None) => {
+                    spool.confirm(&[id]);
+                    continue;
+                }
+                Err(err) if recorded_limits.is_none() => {
+                    anyhow::bail!(
+                        "spool record {id} (batch {} of {}), acknowledged by an earlier release, no longer validates: {err}",
+                        key.1,
+                        key.0
+                    );
+                }
+                Err(err) => {
+                    refused(&err.to_string());
+                    continue;
+                }
+            };
+            let records_found = (validated.accepted + validated.rejected) as u64;
+            if let Some(declared) = record.declared_rows
+                && declared != records_found
+            {
+                refused(&format!(
+                    "declares {declared} records, holds {records_found}"
+                ));
+                continue;
+            }
+            if records_found == 0 {
+                spool.confirm(&[id]); // an empty body
+                continue;
+            }
+            // The same batch id twice: the later record was a retry, answered as a duplicate
+            // (or a conflict) but not voided in time.
+            if let Some(digest) = digest.filter(|_| validated.accepted > 0) {
+                let batch = (key.0.clone(), stream.clone(), key.1.clone());
+                match replayed_batches.entry(batch) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        refused(if *first.get() == digest {
+                            "a duplicate of an earlier record"
+                        } else {
+                            "its batch id was taken by an earlier record with other content"
+                        });
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        entry.insert(digest);
+                    }
+                }
+            }
+            let accepted = validated.accepted as u64;
+            let raw_found = raw_stored.get(&key).copied().unwrap_or(0);
+            let quarantine_found = quarantine_stored.get(&key).copied().unwrap_or(0);
             // Only the parts ClickHouse does not have yet.
             let raw = version.raw_rows(&validated.batch, &context.batch_id);
             let raw_done = raw_found >= raw.num_rows() as u64;
+            let quarantine_done = quarantine_found >= validated.rejected as u64;
+            let rollups_done: Vec<bool> = rollups_stored
+                .iter()
+                .map(|stored| stored.get(&key).copied().unwrap_or(0) >= accepted)
+                .collect();
+            if raw_done && quarantine_done && rollups_done.iter().all(|done| *done) {
+                spool.confirm(&[id]);
+                already_stored += 1;
+                continue;
+            }
             if (raw_found > 0 && !raw_done) || (quarantine_found > 0 && !quarantine_done) {
-                tracing::error!(principal = %key.0, batch_id = %key.1, raw_found, quarantine_found, accepted = record.accepted_rows,
+                tracing::error!(principal = %key.0, batch_id = %key.1, raw_found, quarantine_found, accepted,
                     "clickhouse holds part of a spooled batch; replaying the part whole (some rows will be doubled)");
             }
             let raw = if raw_done { raw.slice(0, 0) } else { raw };

@@ -793,3 +793,230 @@ async fn a_torn_spool_tail_is_reported_and_the_records_before_it_delivered() {
     );
     sluice.terminate();
 }
+
+/// Posts `body` as NDJSON with extra headers; the status and the answer's JSON.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// One series of the admin port's /metrics.
+async fn metric(sluice: &Sluice, series: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{}/metrics", sluice.admin_port);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
+    let clickhouse = TestClickHouse::new("voided").await;
+    // First run: ClickHouse unreachable, so what was accepted stays in the spool.
+    let mut sluice = Sluice::new("http://127.0.0.1:1", &clickhouse.database, "");
+    let config = std::fs::read_to_string(&sluice.config).unwrap();
+    std::fs::write(
+        &sluice.config,
+        config.replace("apply_schema = true", "apply_schema = false"),
+    )
+    .unwrap();
+    sluice.start().await;
+    let (client, url) = (sluice.client(), sluice.url());
+    let rows = Generator::new(700).edge_access(200);
+    let plain = generator::encode_access(&rows, Format::Ndjson);
+    let other = generator::encode_access(&Generator::new(701).edge_access(50), Format::Ndjson);
+    let batch = ("x-sluice-batch-id", "batch-a");
+    let (status, answer) = post(&client, &url, plain.clone(), &[batch]).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(200)));
+    // Each of these is appended to the spool while it is validated, then refused (or answered
+    // as a duplicate): each must be voided before its answer.
+    let gzipped = generator::compress(&plain, Encoding::Gzip);
+    let (status, answer) = post(
+        &client,
+        &url,
+        gzipped,
+        &[batch, ("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    // A batch whose every row is rejected is answered 422 and delivered to the quarantine
+    // table: its record stays.
+    let (status, answer) = post(&client, &url, br#"{"reqId":"r7"}"#.to_vec(), &[]).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (422, Some("all_rows_rejected"))
+    );
+    let refusals = [
+        (other.clone(), vec![batch], 409, "batch_id_conflict"),
+        (
+            other.clone(),
+            vec![("x-sluice-row-count", "3")],
+            400,
+            "row_count_mismatch",
+        ),
+        (
+            b"not gzip".to_vec(),
+            vec![("content-encoding", "gzip")],
+            400,
+            "bad_compression",
+        ),
+    ];
+    for (body, headers, expected, code) in refusals {
+        let (status, answer) = post(&client, &url, body, &headers).await;
+        assert_eq!((status, answer["code"].as_str()), (expected, Some(code)));
+    }
+    assert_eq!(
+        metric(&sluice, "sluice_spool_voided_records_total").await,
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&sluice, "sluice_spool_unconfirmed_records").await,
+        Some(2.0),
+        "only the accepted batch and the rejected row wait in the spool"
+    );
+    sluice.kill();
+
+    // Second run, ClickHouse back: only the accepted batch and the rejected row arrive, and
+    // replay had nothing to refuse.
+    std::fs::write(
+        &sluice.config,
+        config.replace("http://127.0.0.1:1", &clickhouse.url),
+    )
+    .unwrap();
+    sluice.start().await;
+    let ledger = Ledger {
+        acknowledged: rows.iter().map(|r| r.req_id.clone()).collect(),
+        ..Default::default()
+    };
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    assert_eq!(clickhouse.count("edge_access").await, 200);
+    let db = &clickhouse.database;
+    let quarantined = clickhouse
+        .rows(&format!("SELECT batch_id FROM {db}.edge_access_quarantine"))
+        .await;
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(
+        !sluice.log().contains("refused when it was received"),
+        "{}",
+        sluice.log_problems()
+    );
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_refuses_again_what_a_crash_left_unvoided() {
+    use sluice::spool::{FsyncPolicy, Spool, SpoolConfig, SpoolRecord};
+    let clickhouse = TestClickHouse::new("unvoided").await;
+    let mut sluice = Sluice::new(&clickhouse.url, &clickhouse.database, "");
+    // The spool as a crash leaves it when it comes between the appends and their voids (and
+    // the answers): refused batches beside accepted ones.
+    let (spool, _) = Spool::open(SpoolConfig {
+        dir: sluice.dir.path().join("spool"),
+        max_bytes: 1 << 30,
+        segment_bytes: 1 << 20,
+        fsync: FsyncPolicy::Always,
+        fsync_interval_ms: 100,
+    })
+    .unwrap();
+    let limits = sluice::config::Limits::default().body_limits();
+    let record =
+        |batch_id: &str, body: &[u8], encoding: Option<&str>, declared: Option<u64>| SpoolRecord {
+            stream: "edge_access".into(),
+            schema_version: 1,
+            context: sluice::validate::RequestContext {
+                principal: "edge-a".into(),
+                origin: "edge-a".into(),
+                batch_id: batch_id.into(),
+                request_id: format!("req-{batch_id}"),
+                received_at: 1_760_000_000,
+                url_encoded: true,
+                ..Default::default()
+            },
+            content_type: Some("application/x-ndjson".into()),
+            content_encoding: encoding.map(str::to_string),
+            declared_rows: declared,
+            limits: Some(limits),
+            body: bytes::Bytes::copy_from_slice(body),
+        };
+    let first = Generator::new(710).edge_access(200);
+    let second = Generator::new(711).edge_access(50);
+    let (first_body, second_body) = (
+        generator::encode_access(&first, Format::Ndjson),
+        generator::encode_access(&second, Format::Ndjson),
+    );
+    for record in [
+        record("b-1", &first_body, None, None),
+        // A retry answered as a duplicate, then one with other content (409).
+        record("b-1", &first_body, None, None),
+        record("b-1", &second_body, None, None),
+        // Every row rejected: answered 422, delivered to the quarantine table.
+        record("b-2", br#"{"reqId":"r7"}"#, None, None),
+        // A wrong declared count and a body that does not inflate (400).
+        record("b-3", &second_body, None, Some(3)),
+        record("b-4", b"not gzip", Some("gzip"), None),
+        record("b-5", &second_body, None, Some(50)),
+        // Validated under a limit of 10 records (a principal's `max_batch_rows`, or a lower
+        // setting since): refused as it was then (413).
+        SpoolRecord {
+            limits: Some(sluice::validate::BodyLimits {
+                max_records: 10,
+                ..limits
+            }),
+            ..record("b-6", &second_body, None, None)
+        },
+    ] {
+        spool.append(&record).await.unwrap();
+    }
+    drop(spool);
+
+    sluice.start().await;
+    let ledger = Ledger {
+        acknowledged: first
+            .iter()
+            .chain(&second)
+            .map(|r| r.req_id.clone())
+            .collect(),
+        ..Default::default()
+    };
+    assert_exactly_once(&clickhouse, &ledger, &sluice).await;
+    assert_eq!(clickhouse.count("edge_access").await, 250);
+    let db = &clickhouse.database;
+    let quarantined = clickhouse
+        .rows(&format!("SELECT batch_id FROM {db}.edge_access_quarantine"))
+        .await;
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0]["batch_id"], "b-2");
+    let log = sluice.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused when it was received"))
+        .collect();
+    assert_eq!(refused.len(), 5, "{}", sluice.log_problems());
+    for reason in [
+        "a duplicate of an earlier record",
+        "its batch id was taken by an earlier record with other content",
+        "declares 3 records, holds 50",
+        "gzip",
+        "more than the limit of 10 records",
+    ] {
+        assert!(
+            refused.iter().any(|l| l.contains(reason)),
+            "{reason}: {refused:#?}"
+        );
+    }
+    sluice.terminate();
+}

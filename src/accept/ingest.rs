@@ -22,10 +22,10 @@ use super::tls::PeerIdentity;
 use crate::auth::{self, RateResource, signature};
 use crate::config::AckMode;
 use crate::decode;
-use crate::dedup::Claim;
+use crate::dedup::{Claim, ClaimGuard};
 use crate::pipeline::{Reservation, StreamVersion, SubmitError};
 use crate::sink::SinkError;
-use crate::spool::{SpoolError, SpoolRecord};
+use crate::spool::{RecordId, Spool, SpoolError, SpoolRecord};
 use crate::validate::{self, RejectReason, RequestContext, RowError, ValidatedBatch};
 
 pub const BATCH_ID_HEADER: &str = "x-sluice-batch-id";
@@ -319,149 +319,265 @@ async fn handle(
             .unwrap_or(0),
         url_encoded: principal.config.url_encoded,
     };
-    let spool_record = {
-        let (stream, schema_version) = (stream.to_string(), version.compiled.schema.version);
-        let (context, body) = (context.clone(), bytes.clone());
-        let content_encoding =
-            header_value(headers, header::CONTENT_ENCODING.as_str()).map(str::to_string);
-        let content_type = content_type.clone();
-        move |accepted_rows: u32, rejected_rows: u32| SpoolRecord {
-            stream,
-            schema_version,
-            context,
-            content_type,
-            content_encoding,
-            accepted_rows,
-            rejected_rows,
-            body,
-        }
+    // With `ingest.ack = "spool"` the body is appended to the spool while it is validated: the
+    // disk's sync and the CPU's work overlap. A batch refused after all is voided (durably)
+    // before the refusal is answered.
+    let spool = match config.ingest.ack {
+        AckMode::Spool => Some(
+            state
+                .spool
+                .as_deref()
+                .expect("config validation: ack = spool needs a spool"),
+        ),
+        AckMode::Memory | AckMode::ClickHouse => None,
     };
-    let shared_context = Arc::new(context.clone());
-    let compiled = version.compiled.clone();
     let mut limits = config.limits.body_limits();
     if let Some(max) = principal.config.max_batch_rows {
         limits.max_records = limits.max_records.min(max);
     }
-    // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
-    let decoding = state
-        .decodes
-        .acquire()
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?;
-    let digest = sender_batch_id.is_some();
-    let validated = tokio::task::spawn_blocking(move || {
-        validate::validate_body(
-            &compiled,
-            context,
-            &bytes,
-            encoding,
-            content_type.as_deref(),
-            limits,
-            digest,
-        )
-    })
-    .await
-    .map_err(|err| {
-        tracing::error!(error = %err, "validation task failed");
-        ApiError::Internal
-    })??;
-    drop(decoding);
-
-    let Some((validated, digest)) = validated else {
-        // Logpush's destination probe: acknowledged, nothing stored.
-        return Ok(Accepted::nothing(batch_id, request_id, false));
-    };
-    let ValidatedBatch {
-        batch,
-        quarantine,
-        accepted,
-        rejected,
-        errors,
-        rejected_by_reason,
-        decoded_bytes,
-    } = validated;
-    let records = (accepted + rejected) as u64;
-    metrics::counter!("sluice_request_decoded_bytes_total", "stream" => stream.to_string(),
-        "principal" => principal.name().to_string())
-    .increment(decoded_bytes as u64);
-    metrics::histogram!("sluice_batch_rows", "stream" => stream.to_string()).record(records as f64);
-    if let Some(declared) = declared_rows
-        && declared != records
-    {
-        return Err(ApiError::RowCountMismatch {
-            declared,
-            parsed: records,
-        });
-    }
-    if let Err(err) = principal.take(RateResource::Rows, records) {
-        principal.give_back(RateResource::Bytes, bytes_len as u64);
-        return Err(err);
-    }
-    seen.rejected_by_reason = rejected_by_reason;
-    let answer = |errors: Vec<RowError>| -> Result<Accepted, ApiError> {
-        if accepted == 0 && rejected > 0 {
-            return Err(ApiError::AllRowsRejected {
-                rejected,
-                batch_id: batch_id.clone(),
-                errors,
-            });
-        }
-        Ok(Accepted {
-            accepted,
-            rejected,
-            batch_id: batch_id.clone(),
-            request_id: request_id.to_string(),
-            errors,
-            duplicate: false,
-        })
-    };
-    if accepted == 0 && rejected == 0 {
-        // An empty body: nothing to deliver.
-        return answer(errors);
-    }
-    let claim = match digest.filter(|_| accepted > 0) {
-        Some(digest) => Some(
-            state
-                .dedup
-                .claim(principal.name(), stream, &batch_id, digest)
-                .await,
+    let pending = match spool {
+        Some(spool) => Some(
+            spool
+                .begin_append(&SpoolRecord {
+                    stream: stream.to_string(),
+                    schema_version: version.compiled.schema.version,
+                    context: context.clone(),
+                    content_type: content_type.clone(),
+                    content_encoding: header_value(headers, header::CONTENT_ENCODING.as_str())
+                        .map(str::to_string),
+                    declared_rows,
+                    limits: Some(limits),
+                    body: bytes.clone(),
+                })
+                .map_err(spool_error)?,
         ),
         None => None,
     };
-    let claim = match claim {
-        Some(Claim::Duplicate) => {
-            metrics::counter!("sluice_duplicate_batches_total", "stream" => stream.to_string())
-                .increment(1);
-            seen.rejected_by_reason = Default::default();
-            return Ok(Accepted::nothing(batch_id, request_id, true));
-        }
-        Some(Claim::Conflict) => return Err(ApiError::BatchIdConflict { batch_id }),
-        Some(Claim::New(guard)) => Some(guard),
-        None => None,
+    let shared_context = Arc::new(context.clone());
+    let compiled = version.compiled.clone();
+    let digest = sender_batch_id.is_some();
+    let validating = async {
+        // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
+        let _decoding = state
+            .decodes
+            .acquire()
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        let validated = tokio::task::spawn_blocking(move || {
+            validate::validate_body(
+                &compiled,
+                context,
+                &bytes,
+                encoding,
+                content_type.as_deref(),
+                limits,
+                digest,
+            )
+        })
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "validation task failed");
+            ApiError::Internal
+        })??;
+        Ok::<_, ApiError>((validated, Instant::now()))
     };
-    // Accepted and rejected rows (the latter to the quarantine table) travel together: both
-    // are acknowledged the same way.
-    let reservation = version
-        .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
-        .map_err(submit_error)?;
-    let record = || spool_record(accepted as u32, rejected as u32);
-    let acknowledging = Instant::now();
-    seen.insert_ids = acknowledge(
+    let (validated, spooled) = tokio::join!(validating, async {
+        match pending {
+            Some(pending) => Some(pending.durable().await),
+            None => None,
+        }
+    });
+    // `sluice_ack_seconds` counts from here: what is left of the spool's sync once the body
+    // is validated, or the wait for ClickHouse.
+    let (validated, validated_at) = match validated {
+        Ok((validated, at)) => (Ok(validated), at),
+        Err(err) => (Err(err), Instant::now()),
+    };
+
+    let verdict = async {
+        let Some((validated, digest)) = validated? else {
+            // Logpush's destination probe: acknowledged, nothing stored.
+            return Ok(Verdict::Answer(Accepted::nothing(
+                batch_id.clone(),
+                request_id,
+                false,
+            )));
+        };
+        let ValidatedBatch {
+            batch,
+            quarantine,
+            accepted,
+            rejected,
+            errors,
+            rejected_by_reason,
+            decoded_bytes,
+        } = validated;
+        let records = (accepted + rejected) as u64;
+        metrics::counter!("sluice_request_decoded_bytes_total", "stream" => stream.to_string(),
+            "principal" => principal.name().to_string())
+        .increment(decoded_bytes as u64);
+        metrics::histogram!("sluice_batch_rows", "stream" => stream.to_string())
+            .record(records as f64);
+        if let Some(declared) = declared_rows
+            && declared != records
+        {
+            return Err(ApiError::RowCountMismatch {
+                declared,
+                parsed: records,
+            });
+        }
+        if let Err(err) = principal.take(RateResource::Rows, records) {
+            principal.give_back(RateResource::Bytes, bytes_len as u64);
+            return Err(err);
+        }
+        seen.rejected_by_reason = rejected_by_reason;
+        if accepted == 0 && rejected == 0 {
+            // An empty body: nothing to deliver.
+            return Ok(Verdict::Answer(Accepted::nothing(
+                batch_id.clone(),
+                request_id,
+                false,
+            )));
+        }
+        // A batch whose every row is rejected is answered 422, but its rows are delivered to
+        // the quarantine table all the same.
+        let answer = if accepted == 0 {
+            Err(ApiError::AllRowsRejected {
+                rejected,
+                batch_id: batch_id.clone(),
+                errors,
+            })
+        } else {
+            Ok(Accepted {
+                accepted,
+                rejected,
+                batch_id: batch_id.clone(),
+                request_id: request_id.to_string(),
+                errors,
+                duplicate: false,
+            })
+        };
+        let claim = match digest.filter(|_| accepted > 0) {
+            Some(digest) => Some(
+                state
+                    .dedup
+                    .claim(principal.name(), stream, &batch_id, digest)
+                    .await,
+            ),
+            None => None,
+        };
+        let claim = match claim {
+            Some(Claim::Duplicate) => {
+                metrics::counter!("sluice_duplicate_batches_total", "stream" => stream.to_string())
+                    .increment(1);
+                seen.rejected_by_reason = Default::default();
+                return Ok(Verdict::Answer(Accepted::nothing(
+                    batch_id.clone(),
+                    request_id,
+                    true,
+                )));
+            }
+            Some(Claim::Conflict) => {
+                return Err(ApiError::BatchIdConflict {
+                    batch_id: batch_id.clone(),
+                });
+            }
+            Some(Claim::New(guard)) => Some(guard),
+            None => None,
+        };
+        // Accepted and rejected rows (the latter to the quarantine table) travel together: both
+        // are acknowledged the same way.
+        let reservation = version
+            .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
+            .map_err(submit_error)?;
+        Ok(Verdict::Store(Delivery {
+            batch,
+            quarantine,
+            reservation,
+            claim,
+            answer,
+        }))
+    }
+    .await;
+
+    let spooled = spooled.transpose();
+    let record_id = spooled.as_ref().ok().copied().flatten();
+    let delivery = match verdict {
+        Ok(Verdict::Store(delivery)) => delivery,
+        Ok(Verdict::Answer(answer)) => {
+            withdraw(spool, record_id).await?;
+            return Ok(answer);
+        }
+        Err(err) => {
+            withdraw(spool, record_id).await?;
+            return Err(err);
+        }
+    };
+    let Delivery {
+        batch,
+        quarantine,
+        reservation,
+        claim,
+        answer,
+    } = delivery;
+    let record_id = spooled.map_err(spool_error)?;
+    let acknowledged = acknowledge(
         state,
         version,
         batch,
         quarantine,
         reservation,
         shared_context,
-        record,
+        record_id,
     )
-    .await?;
+    .await;
+    seen.insert_ids = match acknowledged {
+        Ok(insert_ids) => insert_ids,
+        Err(err) => {
+            // Refused by the pipeline (full, or shutting down): not delivered now, not later.
+            withdraw(spool, record_id).await?;
+            return Err(err);
+        }
+    };
     metrics::histogram!("sluice_ack_seconds", "stream" => stream.to_string())
-        .record(acknowledging.elapsed().as_secs_f64());
+        .record(validated_at.elapsed().as_secs_f64());
     if let Some(claim) = claim {
         claim.commit();
     }
-    answer(errors)
+    answer
+}
+
+/// Voids the spool record of a batch that is answered without being delivered: until the void
+/// is on disk, replay would deliver what the answer refuses.
+async fn withdraw(spool: Option<&Spool>, record_id: Option<RecordId>) -> Result<(), ApiError> {
+    let (Some(spool), Some(id)) = (spool, record_id) else {
+        return Ok(());
+    };
+    spool.void(id).await.map_err(|err| {
+        tracing::error!(error = %err, "spool void failed");
+        ApiError::Unavailable
+    })
+}
+
+/// A validated batch on its way to the pipeline.
+struct Delivery<'s> {
+    batch: RecordBatch,
+    quarantine: RecordBatch,
+    reservation: Reservation,
+    /// The batch id's dedup claim, committed once the batch is acknowledged.
+    claim: Option<ClaimGuard<'s>>,
+    /// Once delivered: a 200, or 422 when every row was rejected (to the quarantine table).
+    answer: Result<Accepted, ApiError>,
+}
+
+/// What `handle` does with a validated batch.
+// One per request, moved once: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Verdict<'s> {
+    /// Deliver it, then answer.
+    Store(Delivery<'s>),
+    /// Store nothing (a probe, an empty body, a duplicate) and give this answer.
+    Answer(Accepted),
 }
 
 /// What the ingest handler reads from a request's headers besides credentials, origin and
@@ -520,8 +636,8 @@ pub fn ingest_headers(headers: &HeaderMap) -> Result<IngestHeaders<'_>, ApiError
 }
 
 /// Hands the rows to the pipeline and returns once they are acknowledged as `ingest.ack` says:
-/// in the spool, confirmed by ClickHouse (then with the ids of the inserts that carried them),
-/// or queued in memory.
+/// in the spool (as `record_id`, already durable), confirmed by ClickHouse (then with the ids of
+/// the inserts that carried them), or queued in memory.
 async fn acknowledge(
     state: &AppState,
     version: &StreamVersion,
@@ -529,39 +645,12 @@ async fn acknowledge(
     rejected: RecordBatch,
     reservation: Reservation,
     context: Arc<RequestContext>,
-    spool_record: impl FnOnce() -> SpoolRecord,
+    record_id: Option<RecordId>,
 ) -> Result<Option<String>, ApiError> {
     match state.config.ingest.ack {
-        AckMode::Spool => {
-            let spool = state
-                .spool
-                .as_ref()
-                .expect("config validation: ack = spool needs a spool");
-            let record_id = spool
-                .append(&spool_record())
-                .await
-                .map_err(|err| match err {
-                    SpoolError::Full { .. } => ApiError::SpoolFull,
-                    other => {
-                        tracing::error!(error = %other, "spool append failed");
-                        ApiError::Unavailable
-                    }
-                })?;
+        AckMode::Spool | AckMode::Memory => {
             version
-                .submit(
-                    accepted,
-                    rejected,
-                    reservation,
-                    context,
-                    Some(record_id),
-                    None,
-                )
-                .map_err(submit_error)?;
-            Ok(None)
-        }
-        AckMode::Memory => {
-            version
-                .submit(accepted, rejected, reservation, context, None, None)
+                .submit(accepted, rejected, reservation, context, record_id, None)
                 .map_err(submit_error)?;
             Ok(None)
         }
@@ -630,6 +719,16 @@ async fn read_body(
         .unwrap_or(Err(ApiError::BodyTimeout {
             secs: timeout.as_secs(),
         }))
+}
+
+fn spool_error(err: SpoolError) -> ApiError {
+    match err {
+        SpoolError::Full { .. } => ApiError::SpoolFull,
+        other => {
+            tracing::error!(error = %other, "spool append failed");
+            ApiError::Unavailable
+        }
+    }
 }
 
 fn submit_error(err: SubmitError) -> ApiError {

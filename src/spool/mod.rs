@@ -7,22 +7,28 @@
 //! magic "SLR1" (4) | payload length u32 LE | CRC-32 of payload u32 LE | payload
 //! ```
 //!
-//! and its payload ([`SpoolRecord`], format version 1) is the record id (u64 LE) followed by
+//! and its payload ([`SpoolRecord`], format version 2) is the record id (u64 LE) followed by
 //! length-prefixed fields: stream, schema version, the verified request context (principal,
 //! origin, region, batch id, request id, received-at, url-encoded flag), Content-Type,
-//! Content-Encoding, the number of accepted rows, and the body exactly as received. Replay
-//! re-derives the rows from the body with the same schema version and context, so a record is
-//! small (the body stays compressed) and rollups can be rebuilt from it too.
+//! Content-Encoding, the row count the sender declared, and the body exactly as received.
+//! Replay re-derives the rows from the body with the same schema version and context, so a
+//! record is small (the body stays compressed) and rollups can be rebuilt from it too.
 //!
 //! Confirmations live beside each segment in `<id>.ack`: the ids of records whose rows
-//! ClickHouse has confirmed, 8 bytes each. A segment is deleted once it is sealed (a newer one
-//! is active) and every record in it is confirmed.
+//! ClickHouse has confirmed, or that were voided, 8 bytes each. A segment is deleted once it is
+//! sealed (a newer one is active) and every record in it is confirmed.
 //!
 //! # When the sender is acknowledged
 //! Appends go through one writer thread that commits in groups: it takes every append waiting,
 //! writes them, calls `fdatasync` once ([`FsyncPolicy::Always`]), then answers them all. With
 //! `Never` the answer comes after `write` (the page cache survives a sluice crash, not a machine
 //! crash).
+//!
+//! The ingest path appends a body while it validates it, so the disk's sync and the CPU's work
+//! overlap. A batch refused after its append (every row rejected, a duplicate, a rate limit, …)
+//! is withdrawn with [`Spool::void`], whose confirmation is on disk before the refusal is
+//! answered. Only a request that was never answered (sluice stopped between the append and the
+//! answer) can leave a record whose verdict is unknown; replay validates it again.
 //!
 //! # Recovery
 //! At start every segment is read in order. A record whose magic, length or checksum is wrong
@@ -170,6 +176,22 @@ struct Append {
     done: oneshot::Sender<Result<RecordId, SpoolError>>,
 }
 
+/// The ack file a mark was written to, and whether the mark created it.
+struct Marked {
+    ack_file: File,
+    created: bool,
+}
+
+/// An append in the writer's hands (see [`Spool::begin_append`]).
+pub struct PendingAppend(oneshot::Receiver<Result<RecordId, SpoolError>>);
+
+impl PendingAppend {
+    /// Resolves once the record is durable per the fsync policy.
+    pub async fn durable(self) -> Result<RecordId, SpoolError> {
+        self.0.await.map_err(|_| SpoolError::Stopped)?
+    }
+}
+
 /// What recovery found.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -188,6 +210,14 @@ impl Spool {
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut next_id: RecordId = 1;
+        // An ack file whose segment is gone was left by a crash while both were deleted: its
+        // ids still count as used.
+        for path in list_files(&config.dir, "ack")? {
+            if !path.with_extension("seg").exists() {
+                next_id = next_id.max(read_acks(&path)?.iter().max().map_or(0, |id| id + 1));
+                fs::remove_file(&path)?;
+            }
+        }
         for (first_id, path) in list_segments(&config.dir)? {
             let confirmed = read_acks(&path.with_extension("ack"))?;
             // Ids are never reused, even those of records lost to corruption after they were
@@ -256,6 +286,12 @@ impl Spool {
 
     /// Appends a record; resolves once it is durable per the fsync policy.
     pub async fn append(&self, record: &SpoolRecord) -> Result<RecordId, SpoolError> {
+        self.begin_append(record)?.durable().await
+    }
+
+    /// Starts appending a record: refused at once when the spool is full; the returned
+    /// [`PendingAppend`] resolves once the record is durable, meanwhile the caller works on.
+    pub fn begin_append(&self, record: &SpoolRecord) -> Result<PendingAppend, SpoolError> {
         let payload = record.encode();
         let size = (HEADER_BYTES + payload.len() + 8) as u64;
         let used = self.used_bytes.load(Ordering::Relaxed);
@@ -272,42 +308,86 @@ impl Spool {
             .ok_or(SpoolError::Stopped)?
             .send(Append { payload, done })
             .map_err(|_| SpoolError::Stopped)?;
-        receiver.await.map_err(|_| SpoolError::Stopped)?
+        Ok(PendingAppend(receiver))
     }
 
     /// Records that ClickHouse has confirmed every row of `ids`; deletes finished segments.
     pub fn confirm(&self, ids: &[RecordId]) {
+        // Not fsynced: a lost confirmation only means a replay, which probes ClickHouse. (A
+        // failed write is logged by `mark`.)
+        let _ = self.mark(ids);
+    }
+
+    /// Withdraws a record whose batch was refused after it was appended: it is marked as
+    /// confirmed, and (unless `fsync = "never"`) the mark is on disk when this returns, so replay
+    /// never delivers the batch. Answer the refusal only after this.
+    pub async fn void(&self, id: RecordId) -> Result<(), SpoolError> {
+        metrics::counter!("sluice_spool_voided_records_total").increment(1);
+        let Some(Marked { ack_file, created }) = self.mark(&[id])? else {
+            return Ok(()); // the segment is gone: nothing of it can be replayed
+        };
+        if self.config.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        let dir = self.config.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            ack_file.sync_data()?;
+            if created {
+                // The new ack file's directory entry must reach the disk too.
+                File::open(dir)?.sync_all()?;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|_| SpoolError::Stopped)??;
+        Ok(())
+    }
+
+    /// Appends `ids` to their segments' ack files and deletes finished segments. Returns the
+    /// ack file of the last id's segment unless that segment is gone (or the id was unknown or
+    /// marked before); an error if an id could not be written.
+    fn mark(&self, ids: &[RecordId]) -> io::Result<Option<Marked>> {
+        let mut outcome = Ok(None);
         let mut state = self.state.lock().unwrap();
         for &id in ids {
-            let Some((_, segment)) = state.segments.range_mut(..=id).next_back() else {
+            let Some((&first, segment)) = state.segments.range_mut(..=id).next_back() else {
                 continue;
             };
             if !segment.records.contains(&id) || !segment.confirmed.insert(id) {
                 continue;
             }
-            if segment.ack_file.is_none() {
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(segment.path.with_extension("ack"))
-                {
-                    Ok(file) => segment.ack_file = Some(file),
-                    Err(err) => tracing::error!(error = %err, "cannot open spool ack file"),
-                }
-            }
-            if let Some(file) = &mut segment.ack_file {
-                // Not fsynced: a lost confirmation only means a replay, which probes ClickHouse.
-                if let Err(err) = file.write_all(&id.to_le_bytes()) {
-                    tracing::error!(error = %err, "cannot write spool ack file");
-                }
-            }
+            let mut write = || -> io::Result<(RecordId, Marked)> {
+                let created = segment.ack_file.is_none();
+                let file = match &mut segment.ack_file {
+                    Some(file) => file,
+                    None => segment.ack_file.insert(
+                        OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(segment.path.with_extension("ack"))?,
+                    ),
+                };
+                file.write_all(&id.to_le_bytes())?;
+                let ack_file = file.try_clone()?;
+                Ok((first, Marked { ack_file, created }))
+            };
+            outcome = write().map(Some).inspect_err(|err| {
+                tracing::error!(error = %err, "cannot write spool ack file");
+            });
         }
         let freed = remove_done_segments(&mut state, true);
+        // A deleted segment needs no mark: nothing of it is replayed.
+        let outcome = outcome.map(|marked| {
+            marked
+                .filter(|(first, _)| state.segments.contains_key(first))
+                .map(|(_, marked)| marked)
+        });
         drop(state);
         if freed > 0 {
             self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
         }
         self.report();
+        outcome
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -374,10 +454,12 @@ fn remove_done_segments(state: &mut State, keep_active: bool) -> u64 {
     for first in done {
         let segment = state.segments.remove(&first).expect("listed above");
         freed += segment.bytes;
-        let _ = fs::remove_file(segment.path.with_extension("ack"));
+        // The segment first: an ack file left alone by a crash is harmless (see `open`), a
+        // segment without its ack file would be replayed, voided records included.
         if let Err(err) = fs::remove_file(&segment.path) {
             tracing::error!(segment = %segment.path.display(), error = %err, "cannot delete spool segment");
         }
+        let _ = fs::remove_file(segment.path.with_extension("ack"));
     }
     freed
 }
@@ -537,15 +619,24 @@ impl Writer {
     }
 }
 
-fn list_segments(dir: &Path) -> io::Result<Vec<(RecordId, PathBuf)>> {
-    let mut segments = Vec::new();
+fn list_files(dir: &Path, extension: &str) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "seg")
-            && let Some(id) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse().ok())
+        if path.extension().is_some_and(|e| e == extension) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<(RecordId, PathBuf)>> {
+    let mut segments = Vec::new();
+    for path in list_files(dir, "seg")? {
+        if let Some(id) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
         {
             segments.push((id, path));
         }

@@ -2,11 +2,15 @@
 
 use bytes::Bytes;
 
-use crate::validate::RequestContext;
+use crate::validate::{BodyLimits, RequestContext};
 
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 is written while the body is validated, so it holds no row counts but the limits
+/// the body is validated under: replay validates it again and comes to the same verdict.
+/// Version 1 (written after validation, with the counts) is still read.
+const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION_1: u8 = 1;
 
-/// An accepted batch as the spool keeps it.
+/// A batch as the spool keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolRecord {
     pub stream: String,
@@ -14,10 +18,14 @@ pub struct SpoolRecord {
     pub context: RequestContext,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
-    /// Rows the batch was accepted with (replay must find the same number).
-    pub accepted_rows: u32,
-    /// Rows it rejected (they went to the quarantine table).
-    pub rejected_rows: u32,
+    /// `X-Sluice-Row-Count` as the sender declared it: replay refuses the body again when it
+    /// does not hold that many records. (For version-1 records, the records counted when the
+    /// batch was accepted.)
+    pub declared_rows: Option<u64>,
+    /// The limits the body was validated under, so that replay comes to the same verdict
+    /// whatever the configuration says by then. (None for version-1 records: they were
+    /// accepted.)
+    pub limits: Option<BodyLimits>,
     /// The body exactly as received (still compressed).
     pub body: Bytes,
 }
@@ -42,16 +50,37 @@ impl SpoolRecord {
         out.push(u8::from(c.url_encoded));
         put_optional(&mut out, self.content_type.as_deref());
         put_optional(&mut out, self.content_encoding.as_deref());
-        out.extend_from_slice(&self.accepted_rows.to_le_bytes());
-        out.extend_from_slice(&self.rejected_rows.to_le_bytes());
+        match self.declared_rows {
+            None => out.push(0),
+            Some(rows) => {
+                out.push(1);
+                out.extend_from_slice(&rows.to_le_bytes());
+            }
+        }
+        match &self.limits {
+            None => out.push(0),
+            Some(limits) => {
+                out.push(1);
+                for limit in [
+                    limits.max_decompressed_bytes,
+                    limits.max_records,
+                    limits.max_errors,
+                    limits.max_line_bytes,
+                    limits.max_nesting_depth,
+                ] {
+                    out.extend_from_slice(&(limit as u64).to_le_bytes());
+                }
+            }
+        }
         put_bytes(&mut out, &self.body);
         out
     }
 
-    /// None when the payload is not a version-1 record.
+    /// None when the payload is not a version-1 or version-2 record.
     pub(super) fn decode(payload: &[u8]) -> Option<SpoolRecord> {
         let mut reader = Reader(payload);
-        if reader.u8()? != FORMAT_VERSION {
+        let version = reader.u8()?;
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return None;
         }
         let stream = reader.string()?;
@@ -67,8 +96,29 @@ impl SpoolRecord {
         };
         let content_type = reader.optional()?;
         let content_encoding = reader.optional()?;
-        let accepted_rows = reader.u32()?;
-        let rejected_rows = reader.u32()?;
+        let (declared_rows, limits) = if version == FORMAT_VERSION_1 {
+            // Accepted and rejected rows: together, every record of the body.
+            let records = u64::from(reader.u32()?) + u64::from(reader.u32()?);
+            (Some(records), None)
+        } else {
+            let declared_rows = match reader.u8()? {
+                0 => None,
+                1 => Some(reader.u64()?),
+                _ => return None,
+            };
+            let limits = match reader.u8()? {
+                0 => None,
+                1 => Some(BodyLimits {
+                    max_decompressed_bytes: reader.usize()?,
+                    max_records: reader.usize()?,
+                    max_errors: reader.usize()?,
+                    max_line_bytes: reader.usize()?,
+                    max_nesting_depth: reader.usize()?,
+                }),
+                _ => return None,
+            };
+            (declared_rows, limits)
+        };
         let body = Bytes::copy_from_slice(reader.bytes()?);
         reader.0.is_empty().then_some(SpoolRecord {
             stream,
@@ -76,8 +126,8 @@ impl SpoolRecord {
             context,
             content_type,
             content_encoding,
-            accepted_rows,
-            rejected_rows,
+            declared_rows,
+            limits,
             body,
         })
     }
@@ -115,6 +165,13 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<u32> {
         self.take(4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn usize(&mut self) -> Option<usize> {
+        self.u64().and_then(|n| usize::try_from(n).ok())
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()? as usize;

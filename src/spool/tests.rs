@@ -4,7 +4,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::validate::RequestContext;
+use crate::validate::{BodyLimits, RequestContext};
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
@@ -31,8 +31,14 @@ fn record(n: u32) -> SpoolRecord {
         },
         content_type: Some("application/x-ndjson".into()),
         content_encoding: n.is_multiple_of(3).then(|| "gzip".to_string()),
-        accepted_rows: n,
-        rejected_rows: n % 4,
+        declared_rows: (!n.is_multiple_of(4)).then_some(u64::from(n) * 1000),
+        limits: (n % 3 != 1).then_some(BodyLimits {
+            max_decompressed_bytes: 1 << (20 + n % 10),
+            max_records: 1000 + n as usize,
+            max_errors: 100,
+            max_line_bytes: 1 << 20,
+            max_nesting_depth: 64 + n as usize,
+        }),
         body: Bytes::from(vec![b'x'; (n as usize * 37) % 900]),
     }
 }
@@ -84,6 +90,106 @@ fn records_survive_a_restart_until_confirmed() {
     assert_eq!(
         stats.segments, 1,
         "sealed, fully confirmed segments are deleted"
+    );
+}
+
+#[test]
+fn voided_records_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (spool, _) = Spool::open(SpoolConfig {
+        segment_bytes: 1 << 20,
+        ..config(dir.path())
+    })
+    .unwrap();
+    // Appended while the bodies are validated; the second is refused after all.
+    let pending: Vec<PendingAppend> = (0..3)
+        .map(|n| spool.begin_append(&record(n)).unwrap())
+        .collect();
+    let ids: Vec<RecordId> = pending
+        .into_iter()
+        .map(|p| rt.block_on(p.durable()).unwrap())
+        .collect();
+    rt.block_on(spool.void(ids[1])).unwrap();
+    assert_eq!(spool.stats().unconfirmed_records, 2);
+    drop(spool);
+    let (_, recovery) = Spool::open(config(dir.path())).unwrap();
+    assert_eq!(
+        recovery.unconfirmed,
+        [(ids[0], record(0)), (ids[2], record(2))]
+    );
+    assert_eq!(recovery.confirmed, 1);
+}
+
+#[test]
+fn an_ack_file_left_without_its_segment_is_removed_and_its_ids_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (spool, _) = Spool::open(config(dir.path())).unwrap();
+    let id = rt.block_on(spool.append(&record(1))).unwrap();
+    drop(spool);
+    // A crash between deleting a segment (ids up to 70) and deleting its ack file.
+    let orphan = dir.path().join(format!("{:020}.ack", 60));
+    fs::write(&orphan, [65u64, 70].map(u64::to_le_bytes).concat()).unwrap();
+    let (spool, recovery) = Spool::open(config(dir.path())).unwrap();
+    assert_eq!(recovery.unconfirmed, [(id, record(1))]);
+    assert!(!orphan.exists());
+    assert_eq!(rt.block_on(spool.append(&record(2))).unwrap(), 71);
+}
+
+#[test]
+fn version_1_records_are_still_read() {
+    // Written by earlier releases after validation, with the row counts instead of the
+    // declared count: 7 accepted, 2 rejected.
+    fn put(payload: &mut Vec<u8>, bytes: &[u8]) {
+        payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(bytes);
+    }
+    let mut payload = 5u64.to_le_bytes().to_vec();
+    payload.push(1);
+    put(&mut payload, b"edge_access");
+    payload.extend_from_slice(&3u32.to_le_bytes());
+    for text in ["edge-a", "w", "eu", "b1", "r1"] {
+        put(&mut payload, text.as_bytes());
+    }
+    payload.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+    payload.push(1); // URL-encoded
+    payload.push(0); // no Content-Type
+    payload.push(1);
+    put(&mut payload, b"gzip");
+    payload.extend_from_slice(&7u32.to_le_bytes());
+    payload.extend_from_slice(&2u32.to_le_bytes());
+    put(&mut payload, b"abc");
+    let mut segment = MAGIC.to_vec();
+    segment.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    segment.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    segment.extend_from_slice(&payload);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(format!("{:020}.seg", 5)), segment).unwrap();
+    let (_, recovery) = Spool::open(config(dir.path())).unwrap();
+    assert_eq!(
+        recovery.unconfirmed,
+        [(
+            5,
+            SpoolRecord {
+                stream: "edge_access".into(),
+                schema_version: 3,
+                context: RequestContext {
+                    principal: "edge-a".into(),
+                    origin: "w".into(),
+                    region: "eu".into(),
+                    batch_id: "b1".into(),
+                    request_id: "r1".into(),
+                    received_at: 1_700_000_000,
+                    url_encoded: true,
+                },
+                content_type: None,
+                content_encoding: Some("gzip".into()),
+                declared_rows: Some(9),
+                limits: None,
+                body: Bytes::from_static(b"abc"),
+            }
+        )]
     );
 }
 
@@ -164,6 +270,8 @@ enum Op {
     Append(u32),
     /// Confirm the k-th oldest unconfirmed record.
     Confirm(usize),
+    /// Void the k-th oldest unconfirmed record.
+    Void(usize),
     /// Drop the spool without a clean shutdown and open it again.
     Crash,
     /// Cut bytes off the newest segment, then reopen.
@@ -174,6 +282,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0u32..50).prop_map(Op::Append),
         3 => (0usize..8).prop_map(Op::Confirm),
+        1 => (0usize..8).prop_map(Op::Void),
         1 => Just(Op::Crash),
         1 => (1u8..40).prop_map(Op::Tear),
     ]
@@ -202,6 +311,12 @@ proptest! {
                 Op::Confirm(k) => {
                     if let Some(&id) = model.keys().nth(k) {
                         spool.confirm(&[id]);
+                        model.remove(&id);
+                    }
+                }
+                Op::Void(k) => {
+                    if let Some(&id) = model.keys().nth(k) {
+                        rt.block_on(spool.void(id)).unwrap();
                         model.remove(&id);
                     }
                 }

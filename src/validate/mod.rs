@@ -806,7 +806,7 @@ impl RecordVisitor for BatchBuilder<'_> {
 }
 
 /// Limits that apply while decoding one body.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
     pub max_decompressed_bytes: usize,
     pub max_records: usize,
