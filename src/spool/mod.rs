@@ -10,7 +10,8 @@
 //! and its payload ([`SpoolRecord`], format version 2) is the record id (u64 LE) followed by
 //! length-prefixed fields: stream, schema version, the verified request context (principal,
 //! origin, region, batch id, request id, received-at, url-encoded flag), Content-Type,
-//! Content-Encoding, the row count the sender declared, and the body exactly as received.
+//! Content-Encoding, the row count the sender declared, the limits the body is validated under,
+//! and the body exactly as received.
 //! Replay re-derives the rows from the body with the same schema version and context, so a
 //! record is small (the body stays compressed) and rollups can be rebuilt from it too.
 //!
@@ -25,9 +26,9 @@
 //! crash).
 //!
 //! The ingest path appends a body while it validates it, so the disk's sync and the CPU's work
-//! overlap. A batch refused after its append (every row rejected, a duplicate, a rate limit, …)
-//! is withdrawn with [`Spool::void`], whose confirmation is on disk before the refusal is
-//! answered. Only a request that was never answered (sluice stopped between the append and the
+//! overlap. A batch refused after its append (a body that does not decode, a duplicate, a rate
+//! limit, …) is withdrawn with [`Spool::void`], whose confirmation is on disk before the refusal
+//! is answered. Only a request that was never answered (sluice stopped between the append and the
 //! answer) can leave a record whose verdict is unknown; replay validates it again.
 //!
 //! # Recovery
