@@ -111,6 +111,31 @@ url_encoded = true
         panic!("sluice did not come up:\n{}", self.log());
     }
 
+    /// A sluice whose ClickHouse is unreachable, so that what it accepts stays in the spool;
+    /// [`Sluice::reach_clickhouse`] gives it one.
+    fn without_clickhouse(database: &str) -> Sluice {
+        let sluice = Sluice::new("http://127.0.0.1:1", database, "");
+        let config = std::fs::read_to_string(&sluice.config).unwrap();
+        std::fs::write(
+            &sluice.config,
+            config.replace("apply_schema = true", "apply_schema = false"),
+        )
+        .unwrap();
+        sluice
+    }
+
+    /// Points the config of [`Sluice::without_clickhouse`] at `url` (from the next start).
+    fn reach_clickhouse(&self, url: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            config
+                .replace("http://127.0.0.1:1", url)
+                .replace("apply_schema = false", "apply_schema = true"),
+        )
+        .unwrap();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap(); // SIGKILL
@@ -723,13 +748,7 @@ async fn rows_clickhouse_refuses_go_to_quarantine() {
 async fn a_torn_spool_tail_is_reported_and_the_records_before_it_delivered() {
     let clickhouse = TestClickHouse::new("torn").await;
     // First run: ClickHouse unreachable, so the records stay in the spool.
-    let mut sluice = Sluice::new("http://127.0.0.1:1", &clickhouse.database, "");
-    let config = std::fs::read_to_string(&sluice.config).unwrap();
-    std::fs::write(
-        &sluice.config,
-        config.replace("apply_schema = true", "apply_schema = false"),
-    )
-    .unwrap();
+    let mut sluice = Sluice::without_clickhouse(&clickhouse.database);
     sluice.start().await;
     let client = sluice.client();
     let mut batches = Vec::new();
@@ -764,11 +783,7 @@ async fn a_torn_spool_tail_is_reported_and_the_records_before_it_delivered() {
         .unwrap();
 
     // Second run, ClickHouse back.
-    std::fs::write(
-        &sluice.config,
-        config.replace("http://127.0.0.1:1", &clickhouse.url),
-    )
-    .unwrap();
+    sluice.reach_clickhouse(&clickhouse.url);
     sluice.start().await;
     let ledger = Ledger {
         acknowledged: batches[..2]
@@ -814,6 +829,17 @@ async fn post(
     (status, serde_json::from_str(&text).unwrap_or_default())
 }
 
+/// The batch id of each row in the quarantine table.
+async fn quarantined_batch_ids(clickhouse: &TestClickHouse) -> Vec<String> {
+    let db = &clickhouse.database;
+    clickhouse
+        .rows(&format!("SELECT batch_id FROM {db}.edge_access_quarantine"))
+        .await
+        .iter()
+        .map(|row| row["batch_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// One series of the admin port's /metrics.
 async fn metric(sluice: &Sluice, series: &str) -> Option<f64> {
     let url = format!("http://127.0.0.1:{}/metrics", sluice.admin_port);
@@ -827,13 +853,7 @@ async fn metric(sluice: &Sluice, series: &str) -> Option<f64> {
 async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     let clickhouse = TestClickHouse::new("voided").await;
     // First run: ClickHouse unreachable, so what was accepted stays in the spool.
-    let mut sluice = Sluice::new("http://127.0.0.1:1", &clickhouse.database, "");
-    let config = std::fs::read_to_string(&sluice.config).unwrap();
-    std::fs::write(
-        &sluice.config,
-        config.replace("apply_schema = true", "apply_schema = false"),
-    )
-    .unwrap();
+    let mut sluice = Sluice::without_clickhouse(&clickhouse.database);
     sluice.start().await;
     let (client, url) = (sluice.client(), sluice.url());
     let rows = Generator::new(700).edge_access(200);
@@ -892,11 +912,7 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
 
     // Second run, ClickHouse back: only the accepted batch and the rejected row arrive, and
     // replay had nothing to refuse.
-    std::fs::write(
-        &sluice.config,
-        config.replace("http://127.0.0.1:1", &clickhouse.url),
-    )
-    .unwrap();
+    sluice.reach_clickhouse(&clickhouse.url);
     sluice.start().await;
     let ledger = Ledger {
         acknowledged: rows.iter().map(|r| r.req_id.clone()).collect(),
@@ -904,10 +920,7 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     };
     assert_exactly_once(&clickhouse, &ledger, &sluice).await;
     assert_eq!(clickhouse.count("edge_access").await, 200);
-    let db = &clickhouse.database;
-    let quarantined = clickhouse
-        .rows(&format!("SELECT batch_id FROM {db}.edge_access_quarantine"))
-        .await;
+    let quarantined = quarantined_batch_ids(&clickhouse).await;
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert!(
         !sluice.log().contains("refused when it was received"),
@@ -994,12 +1007,7 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
     };
     assert_exactly_once(&clickhouse, &ledger, &sluice).await;
     assert_eq!(clickhouse.count("edge_access").await, 250);
-    let db = &clickhouse.database;
-    let quarantined = clickhouse
-        .rows(&format!("SELECT batch_id FROM {db}.edge_access_quarantine"))
-        .await;
-    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
-    assert_eq!(quarantined[0]["batch_id"], "b-2");
+    assert_eq!(quarantined_batch_ids(&clickhouse).await, ["b-2"]);
     let log = sluice.log();
     let refused: Vec<&str> = log
         .lines()

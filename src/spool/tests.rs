@@ -16,6 +16,14 @@ fn config(dir: &Path) -> SpoolConfig {
     }
 }
 
+/// Segments large enough for every record of a test.
+fn one_segment(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        segment_bytes: 1 << 20,
+        ..config(dir)
+    }
+}
+
 fn record(n: u32) -> SpoolRecord {
     SpoolRecord {
         stream: "edge_access".to_string(),
@@ -97,11 +105,7 @@ fn records_survive_a_restart_until_confirmed() {
 fn voided_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (spool, _) = Spool::open(SpoolConfig {
-        segment_bytes: 1 << 20,
-        ..config(dir.path())
-    })
-    .unwrap();
+    let (spool, _) = Spool::open(one_segment(dir.path())).unwrap();
     // Appended while the bodies are validated; the second is refused after all.
     let pending: Vec<PendingAppend> = (0..3)
         .map(|n| spool.begin_append(&record(n)).unwrap())
@@ -197,11 +201,7 @@ fn version_1_records_are_still_read() {
 fn a_torn_tail_and_a_flipped_byte_keep_the_good_records_before_them() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (spool, _) = Spool::open(SpoolConfig {
-        segment_bytes: 1 << 20,
-        ..config(dir.path())
-    })
-    .unwrap();
+    let (spool, _) = Spool::open(one_segment(dir.path())).unwrap();
     for n in 0..5 {
         rt.block_on(spool.append(&record(n))).unwrap();
     }
