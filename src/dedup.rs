@@ -5,7 +5,8 @@
 //! same digest is a duplicate (answered 200 `"duplicate": true`, nothing stored); with another
 //! digest it is a conflict (409). Only batches answered 200 count: a claim that does not commit
 //! is released. A retry that arrives while the first attempt is still running waits for its
-//! outcome.
+//! outcome. Spool replay commits the ids of the batches it delivers: a crash may have come
+//! between a batch's spool append and its commit.
 //!
 //! Committed entries are appended to `dedup.log` (one text line each: unix time, digest,
 //! principal, stream, batch id) in the spool directory, so the window survives a restart; the

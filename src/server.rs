@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::accept::{self, AppState, admin};
 use crate::check;
 use crate::config::Config;
-use crate::dedup::DedupStore;
+use crate::dedup::{Claim, DedupStore};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::schema::SchemaSet;
@@ -86,8 +86,13 @@ impl Server {
             spool.clone(),
             status.clone(),
         )?;
+        let dedup = DedupStore::open(
+            config.spool.as_ref().map(|s| s.dir.as_path()),
+            Duration::from_secs(config.dedup.window_secs),
+            config.dedup.max_entries,
+        )?;
         if let (Some(spool), Some(recovery)) = (&spool, recovery) {
-            replay(recovery, &pipeline, spool, sink.as_ref(), &config).await?;
+            replay(recovery, &pipeline, spool, &dedup, sink.as_ref(), &config).await?;
         }
 
         let ingest_listener = tokio::net::TcpListener::bind(config.ingest.listen).await?;
@@ -104,11 +109,6 @@ impl Server {
             .limits
             .max_buffered_body_bytes
             .min(tokio::sync::Semaphore::MAX_PERMITS);
-        let dedup = DedupStore::open(
-            config.spool.as_ref().map(|s| s.dir.as_path()),
-            Duration::from_secs(config.dedup.window_secs),
-            config.dedup.max_entries,
-        )?;
         let auth = crate::auth::Auth::from_config(&config).map_err(|err| anyhow::anyhow!(err))?;
         let tls = match &config.ingest.tls {
             Some(tls_config) => Some(Arc::new(arc_swap::ArcSwap::new(
@@ -209,6 +209,7 @@ async fn replay(
     recovery: Recovery,
     pipeline: &Pipeline,
     spool: &Arc<Spool>,
+    dedup: &DedupStore,
     sink: &dyn Sink,
     config: &Config,
 ) -> anyhow::Result<()> {
@@ -347,6 +348,19 @@ async fn replay(
                     }
                     std::collections::hash_map::Entry::Vacant(entry) => {
                         entry.insert(digest);
+                    }
+                }
+                // A crash while the body was validated left no dedup entry: without one, a
+                // retry of this batch would be stored a second time. An entry with other
+                // content means an acknowledged batch holds the id: this record was a 409.
+                match dedup.claim(&key.0, &stream, &key.1, digest).await {
+                    Claim::New(claim) => claim.commit(),
+                    Claim::Duplicate => {}
+                    Claim::Conflict => {
+                        refused(
+                            "its batch id was taken by an acknowledged batch with other content",
+                        );
+                        continue;
                     }
                 }
             }

@@ -991,10 +991,21 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
             }),
             ..record("b-6", &second_body, None, None)
         },
+        // Its batch id is held by an acknowledged batch with other content (see below): 409.
+        record("b-7", &second_body, None, None),
     ] {
         spool.append(&record).await.unwrap();
     }
     drop(spool);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        sluice.dir.path().join("spool/dedup.log"),
+        format!("{now}\t{}\tedge-a\tedge_access\tb-7\n", "11".repeat(16)),
+    )
+    .unwrap();
 
     sluice.start().await;
     let ledger = Ledger {
@@ -1013,18 +1024,35 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
         .lines()
         .filter(|l| l.contains("refused when it was received"))
         .collect();
-    assert_eq!(refused.len(), 5, "{}", sluice.log_problems());
+    assert_eq!(refused.len(), 6, "{}", sluice.log_problems());
     for reason in [
         "a duplicate of an earlier record",
         "its batch id was taken by an earlier record with other content",
         "declares 3 records, holds 50",
         "gzip",
         "more than the limit of 10 records",
+        "its batch id was taken by an acknowledged batch with other content",
     ] {
         assert!(
             refused.iter().any(|l| l.contains(reason)),
             "{reason}: {refused:#?}"
         );
     }
+
+    // The crash came before the batches' dedup entries were written; replay wrote them, so a
+    // sender's retry is a duplicate, not a second copy.
+    let (client, url) = (sluice.client(), sluice.url());
+    let (status, answer) = post(&client, &url, first_body, &[("x-sluice-batch-id", "b-1")]).await;
+    assert_eq!(
+        (status, answer["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{answer}"
+    );
+    let (status, answer) = post(&client, &url, second_body, &[("x-sluice-batch-id", "b-1")]).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("batch_id_conflict"))
+    );
+    assert_eq!(clickhouse.count("edge_access").await, 250);
     sluice.terminate();
 }
