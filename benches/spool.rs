@@ -31,6 +31,7 @@ fn record(body: Bytes) -> SpoolRecord {
         content_encoding: Some("gzip".into()),
         declared_rows: Some(ROWS as u64),
         limits: Some(sluice::config::Limits::default().body_limits()),
+        sender_batch_id: true,
         body,
     }
 }

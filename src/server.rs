@@ -276,6 +276,8 @@ async fn replay(
             let compiled = version.compiled.clone();
             // Version-1 records predate recorded limits; they were accepted.
             let recorded_limits = record.limits;
+            // Only a sender's batch id is deduplicated (see `SpoolRecord::sender_batch_id`).
+            let digest = record.sender_batch_id;
             let limits = recorded_limits.unwrap_or_else(|| config.limits.body_limits());
             let body = record.body.clone();
             let content_type = record.content_type.clone();
@@ -287,7 +289,7 @@ async fn replay(
                     encoding,
                     content_type.as_deref(),
                     limits,
-                    true,
+                    digest,
                 )
             })
             .await?;

@@ -963,10 +963,12 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
             content_encoding: encoding.map(str::to_string),
             declared_rows: declared,
             limits: Some(limits),
+            sender_batch_id: true,
             body: bytes::Bytes::copy_from_slice(body),
         };
     let first = Generator::new(710).edge_access(200);
     let second = Generator::new(711).edge_access(50);
+    let third = Generator::new(712).edge_access(10);
     let (first_body, second_body) = (
         generator::encode_access(&first, Format::Ndjson),
         generator::encode_access(&second, Format::Ndjson),
@@ -993,6 +995,16 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
         },
         // Its batch id is held by an acknowledged batch with other content (see below): 409.
         record("b-7", &second_body, None, None),
+        // A batch id sluice made up: delivered, never deduplicated.
+        SpoolRecord {
+            sender_batch_id: false,
+            ..record(
+                "generated-1",
+                &generator::encode_access(&third, Format::Ndjson),
+                None,
+                None,
+            )
+        },
     ] {
         spool.append(&record).await.unwrap();
     }
@@ -1012,12 +1024,13 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
         acknowledged: first
             .iter()
             .chain(&second)
+            .chain(&third)
             .map(|r| r.req_id.clone())
             .collect(),
         ..Default::default()
     };
     assert_exactly_once(&clickhouse, &ledger, &sluice).await;
-    assert_eq!(clickhouse.count("edge_access").await, 250);
+    assert_eq!(clickhouse.count("edge_access").await, 260);
     assert_eq!(quarantined_batch_ids(&clickhouse).await, ["b-2"]);
     let log = sluice.log();
     let refused: Vec<&str> = log
@@ -1039,8 +1052,11 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
         );
     }
 
-    // The crash came before the batches' dedup entries were written; replay wrote them, so a
-    // sender's retry is a duplicate, not a second copy.
+    // The crash came before the batches' dedup entries were written; replay wrote them (for
+    // the sender's batch ids only), so a sender's retry is a duplicate, not a second copy.
+    let dedup_log = std::fs::read_to_string(sluice.dir.path().join("spool/dedup.log")).unwrap();
+    assert!(dedup_log.contains("\tb-1\n"), "{dedup_log}");
+    assert!(!dedup_log.contains("generated-1"), "{dedup_log}");
     let (client, url) = (sluice.client(), sluice.url());
     let (status, answer) = post(&client, &url, first_body, &[("x-sluice-batch-id", "b-1")]).await;
     assert_eq!(
@@ -1053,6 +1069,6 @@ async fn replay_refuses_again_what_a_crash_left_unvoided() {
         (status, answer["code"].as_str()),
         (409, Some("batch_id_conflict"))
     );
-    assert_eq!(clickhouse.count("edge_access").await, 250);
+    assert_eq!(clickhouse.count("edge_access").await, 260);
     sluice.terminate();
 }

@@ -347,6 +347,7 @@ async fn handle(
                         .map(str::to_string),
                     declared_rows,
                     limits: Some(limits),
+                    sender_batch_id: sender_batch_id.is_some(),
                     body: bytes.clone(),
                 })
                 .map_err(spool_error)?,

@@ -11,7 +11,7 @@
 //! length-prefixed fields: stream, schema version, the verified request context (principal,
 //! origin, region, batch id, request id, received-at, url-encoded flag), Content-Type,
 //! Content-Encoding, the row count the sender declared, the limits the body is validated under,
-//! and the body exactly as received.
+//! whether the batch id is the sender's, and the body exactly as received.
 //! Replay re-derives the rows from the body with the same schema version and context, so a
 //! record is small (the body stays compressed) and rollups can be rebuilt from it too.
 //!

@@ -26,6 +26,10 @@ pub struct SpoolRecord {
     /// whatever the configuration says by then. (None for version-1 records: they were
     /// accepted.)
     pub limits: Option<BodyLimits>,
+    /// The batch id is the sender's (`X-Sluice-Batch-Id`), not one sluice made up: only such an
+    /// id can come again in a retry, so only it takes part in deduplication. (False for
+    /// version-1 records.)
+    pub sender_batch_id: bool,
     /// The body exactly as received (still compressed).
     pub body: Bytes,
 }
@@ -72,6 +76,7 @@ impl SpoolRecord {
                 }
             }
         }
+        out.push(u8::from(self.sender_batch_id));
         put_bytes(&mut out, &self.body);
         out
     }
@@ -96,10 +101,10 @@ impl SpoolRecord {
         };
         let content_type = reader.optional()?;
         let content_encoding = reader.optional()?;
-        let (declared_rows, limits) = if version == FORMAT_VERSION_1 {
+        let (declared_rows, limits, sender_batch_id) = if version == FORMAT_VERSION_1 {
             // Accepted and rejected rows: together, every record of the body.
             let records = u64::from(reader.u32()?) + u64::from(reader.u32()?);
-            (Some(records), None)
+            (Some(records), None, false)
         } else {
             let declared_rows = match reader.u8()? {
                 0 => None,
@@ -117,7 +122,12 @@ impl SpoolRecord {
                 }),
                 _ => return None,
             };
-            (declared_rows, limits)
+            let sender_batch_id = match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            (declared_rows, limits, sender_batch_id)
         };
         let body = Bytes::copy_from_slice(reader.bytes()?);
         reader.0.is_empty().then_some(SpoolRecord {
@@ -128,6 +138,7 @@ impl SpoolRecord {
             content_encoding,
             declared_rows,
             limits,
+            sender_batch_id,
             body,
         })
     }

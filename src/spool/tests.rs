@@ -47,6 +47,7 @@ fn record(n: u32) -> SpoolRecord {
             max_line_bytes: 1 << 20,
             max_nesting_depth: 64 + n as usize,
         }),
+        sender_batch_id: n.is_multiple_of(5),
         body: Bytes::from(vec![b'x'; (n as usize * 37) % 900]),
     }
 }
@@ -191,6 +192,7 @@ fn version_1_records_are_still_read() {
                 content_encoding: Some("gzip".into()),
                 declared_rows: Some(9),
                 limits: None,
+                sender_batch_id: false,
                 body: Bytes::from_static(b"abc"),
             }
         )]
