@@ -854,6 +854,10 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     let clickhouse = TestClickHouse::new("voided").await;
     // First run: ClickHouse unreachable, so what was accepted stays in the spool.
     let mut sluice = Sluice::without_clickhouse(&clickhouse.database);
+    // A row rate whose bucket holds 1,000 rows: a larger batch can never pass (413).
+    let mut config = std::fs::read_to_string(&sluice.config).unwrap();
+    config.push_str("[principals.rate_limit]\nrows_per_sec = 1000.0\n");
+    std::fs::write(&sluice.config, config).unwrap();
     sluice.start().await;
     let (client, url) = (sluice.client(), sluice.url());
     let rows = Generator::new(700).edge_access(200);
@@ -894,6 +898,12 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
             400,
             "bad_compression",
         ),
+        (
+            generator::encode_access(&Generator::new(702).edge_access(5000), Format::Ndjson),
+            vec![],
+            413,
+            "over_burst",
+        ),
     ];
     for (body, headers, expected, code) in refusals {
         let (status, answer) = post(&client, &url, body, &headers).await;
@@ -901,7 +911,7 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     }
     assert_eq!(
         metric(&sluice, "sluice_spool_voided_records_total").await,
-        Some(4.0)
+        Some(5.0)
     );
     assert_eq!(
         metric(&sluice, "sluice_spool_unconfirmed_records").await,
