@@ -25,7 +25,7 @@ use crate::decode;
 use crate::dedup::{Claim, ClaimGuard};
 use crate::pipeline::{Reservation, StreamVersion, SubmitError};
 use crate::sink::SinkError;
-use crate::spool::{RecordId, Spool, SpoolError, SpoolRecord};
+use crate::spool::{AppendGuard, RecordId, SpoolError, SpoolRecord};
 use crate::validate::{self, RejectReason, RequestContext, RowError, ValidatedBatch};
 
 pub const BATCH_ID_HEADER: &str = "x-sluice-batch-id";
@@ -326,7 +326,7 @@ async fn handle(
         AckMode::Spool => Some(
             state
                 .spool
-                .as_deref()
+                .as_ref()
                 .expect("config validation: ack = spool needs a spool"),
         ),
         AckMode::Memory | AckMode::ClickHouse => None,
@@ -335,10 +335,10 @@ async fn handle(
     if let Some(max) = principal.config.max_batch_rows {
         limits.max_records = limits.max_records.min(max);
     }
-    let pending = match spool {
+    let mut spooling = match spool {
         Some(spool) => Some(
             spool
-                .begin_append(&SpoolRecord {
+                .begin_guarded_append(&SpoolRecord {
                     stream: stream.to_string(),
                     schema_version: version.compiled.schema.version,
                     context: context.clone(),
@@ -383,8 +383,8 @@ async fn handle(
         Ok::<_, ApiError>((validated, Instant::now()))
     };
     let (validated, spooled) = tokio::join!(validating, async {
-        match pending {
-            Some(pending) => Some(pending.durable().await),
+        match spooling.as_mut() {
+            Some(spooling) => Some(spooling.durable().await),
             None => None,
         }
     });
@@ -501,16 +501,14 @@ async fn handle(
     }
     .await;
 
-    let spooled = spooled.transpose();
-    let record_id = spooled.as_ref().ok().copied().flatten();
     let delivery = match verdict {
         Ok(Verdict::Store(delivery)) => delivery,
         Ok(Verdict::Answer(answer)) => {
-            withdraw(spool, record_id).await?;
+            withdraw(spooling).await?;
             return Ok(answer);
         }
         Err(err) => {
-            withdraw(spool, record_id).await?;
+            withdraw(spooling).await?;
             return Err(err);
         }
     };
@@ -521,7 +519,7 @@ async fn handle(
         claim,
         answer,
     } = delivery;
-    let record_id = spooled.map_err(spool_error)?;
+    let record_id = spooled.transpose().map_err(spool_error)?;
     let acknowledged = acknowledge(
         state,
         version,
@@ -536,10 +534,13 @@ async fn handle(
         Ok(insert_ids) => insert_ids,
         Err(err) => {
             // Refused by the pipeline (full, or shutting down): not delivered now, not later.
-            withdraw(spool, record_id).await?;
+            withdraw(spooling).await?;
             return Err(err);
         }
     };
+    if let Some(spooling) = spooling {
+        spooling.handed_over();
+    }
     metrics::histogram!("sluice_ack_seconds", "stream" => stream.to_string())
         .record(validated_at.elapsed().as_secs_f64());
     if let Some(claim) = claim {
@@ -550,11 +551,11 @@ async fn handle(
 
 /// Voids the spool record of a batch that is answered without being delivered: until the void
 /// is on disk, replay would deliver what the answer refuses.
-async fn withdraw(spool: Option<&Spool>, record_id: Option<RecordId>) -> Result<(), ApiError> {
-    let (Some(spool), Some(id)) = (spool, record_id) else {
+async fn withdraw(spooling: Option<AppendGuard>) -> Result<(), ApiError> {
+    let Some(spooling) = spooling else {
         return Ok(());
     };
-    spool.void(id).await.map_err(|err| {
+    spooling.void().await.map_err(|err| {
         tracing::error!(error = %err, "spool void failed");
         ApiError::Unavailable
     })

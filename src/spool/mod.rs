@@ -188,8 +188,83 @@ pub struct PendingAppend(oneshot::Receiver<Result<RecordId, SpoolError>>);
 
 impl PendingAppend {
     /// Resolves once the record is durable per the fsync policy.
-    pub async fn durable(self) -> Result<RecordId, SpoolError> {
-        self.0.await.map_err(|_| SpoolError::Stopped)?
+    pub async fn durable(mut self) -> Result<RecordId, SpoolError> {
+        self.wait().await
+    }
+
+    /// As [`PendingAppend::durable`], by reference: dropped half-way, the append is still here.
+    async fn wait(&mut self) -> Result<RecordId, SpoolError> {
+        (&mut self.0).await.map_err(|_| SpoolError::Stopped)?
+    }
+}
+
+/// A record appended for a request, until the request hands it to the pipeline
+/// ([`AppendGuard::handed_over`]) or voids it ([`AppendGuard::void`]). Dropped before either (the
+/// client went away, and the request's handler was dropped with it), the record is voided in the
+/// background: nothing would deliver it before the next start, and it would hold its segment
+/// until then.
+pub struct AppendGuard {
+    spool: Arc<Spool>,
+    record: Option<GuardedRecord>,
+}
+
+enum GuardedRecord {
+    Pending(PendingAppend),
+    Durable(RecordId),
+}
+
+impl AppendGuard {
+    /// Resolves once the record is durable per the fsync policy.
+    pub async fn durable(&mut self) -> Result<RecordId, SpoolError> {
+        let result = match &mut self.record {
+            Some(GuardedRecord::Pending(pending)) => pending.wait().await,
+            Some(GuardedRecord::Durable(id)) => return Ok(*id),
+            None => return Err(SpoolError::Stopped),
+        };
+        // A failed append left nothing to void.
+        self.record = result.as_ref().ok().map(|id| GuardedRecord::Durable(*id));
+        result
+    }
+
+    /// The pipeline has the record now: it confirms it once ClickHouse has the rows.
+    pub fn handed_over(mut self) {
+        self.record = None;
+    }
+
+    /// Voids the record (see [`Spool::void`]), waiting for its append first if need be.
+    pub async fn void(mut self) -> Result<(), SpoolError> {
+        match self.record.take() {
+            Some(record) => void_guarded(&self.spool, record).await,
+            None => Ok(()),
+        }
+    }
+}
+
+async fn void_guarded(spool: &Spool, record: GuardedRecord) -> Result<(), SpoolError> {
+    let id = match record {
+        GuardedRecord::Durable(id) => id,
+        GuardedRecord::Pending(mut pending) => match pending.wait().await {
+            Ok(id) => id,
+            Err(_) => return Ok(()), // not appended: nothing to void
+        },
+    };
+    spool.void(id).await
+}
+
+impl Drop for AppendGuard {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: shutting down, and replay decides at the next start
+        };
+        let spool = self.spool.clone();
+        runtime.spawn(async move {
+            if let Err(err) = void_guarded(&spool, record).await {
+                tracing::error!(error = %err, "cannot void the spool record of an abandoned request");
+            }
+        });
     }
 }
 
@@ -288,6 +363,17 @@ impl Spool {
     /// Appends a record; resolves once it is durable per the fsync policy.
     pub async fn append(&self, record: &SpoolRecord) -> Result<RecordId, SpoolError> {
         self.begin_append(record)?.durable().await
+    }
+
+    /// As [`Spool::begin_append`], with the record in an [`AppendGuard`].
+    pub fn begin_guarded_append(
+        self: &Arc<Self>,
+        record: &SpoolRecord,
+    ) -> Result<AppendGuard, SpoolError> {
+        Ok(AppendGuard {
+            spool: self.clone(),
+            record: Some(GuardedRecord::Pending(self.begin_append(record)?)),
+        })
     }
 
     /// Starts appending a record: refused at once when the spool is full; the returned

@@ -127,6 +127,54 @@ fn voided_records_are_not_replayed() {
 }
 
 #[test]
+fn a_guarded_append_is_voided_when_its_request_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (spool, _) = Spool::open(one_segment(dir.path())).unwrap();
+    let spool = Arc::new(spool);
+    // Waits until the spool holds more than `bytes` and every record in it is confirmed;
+    // returns the unconfirmed records then (or after two seconds).
+    let unconfirmed_once_written = |spool: &Spool, bytes: u64| {
+        rt.block_on(async {
+            for _ in 0..200 {
+                let stats = spool.stats();
+                if stats.bytes > bytes && stats.unconfirmed_records == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        assert!(spool.stats().bytes > bytes, "the record was written");
+        spool.stats().unconfirmed_records
+    };
+    // Dropped while the record is being written, and after it is durable.
+    let bytes = spool.stats().bytes;
+    rt.block_on(async { drop(spool.begin_guarded_append(&record(1)).unwrap()) });
+    assert_eq!(unconfirmed_once_written(&spool, bytes), 0);
+    let bytes = spool.stats().bytes;
+    rt.block_on(async {
+        let mut guard = spool.begin_guarded_append(&record(2)).unwrap();
+        guard.durable().await.unwrap();
+    });
+    assert_eq!(unconfirmed_once_written(&spool, bytes), 0);
+    // Handed over: the pipeline confirms it later.
+    let bytes = spool.stats().bytes;
+    let id = rt.block_on(async {
+        let mut guard = spool.begin_guarded_append(&record(3)).unwrap();
+        let id = guard.durable().await.unwrap();
+        guard.handed_over();
+        id
+    });
+    assert_eq!(unconfirmed_once_written(&spool, bytes), 1);
+    drop(spool);
+    let (_, recovery) = Spool::open(one_segment(dir.path())).unwrap();
+    assert_eq!(recovery.unconfirmed, [(id, record(3))]);
+}
+
+#[test]
 fn an_ack_file_left_without_its_segment_is_removed_and_its_ids_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
