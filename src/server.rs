@@ -231,11 +231,9 @@ async fn replay(
             .push((id, record));
     }
     let (mut replayed, mut already_stored) = (0usize, 0usize);
-    // The digest of each batch replayed, by principal, stream and batch id.
-    let mut replayed_batches: std::collections::HashMap<
-        (String, String, String),
-        crate::dedup::Digest,
-    > = Default::default();
+    // The batches this replay delivers, by principal, stream and batch id.
+    let mut replayed_batches: std::collections::HashSet<(String, String, String)> =
+        Default::default();
     for ((stream, version), records) in groups {
         let Some(version) = pipeline.stream(&stream).and_then(|v| v.get(&version)) else {
             tracing::error!(%stream, version, records = records.len(),
@@ -335,33 +333,28 @@ async fn replay(
                 spool.confirm(&[id]); // an empty body
                 continue;
             }
-            // The same batch id twice: the later record was a retry, answered as a duplicate
-            // (or a conflict) but not voided in time.
+            // The dedup window decides, as it did when the batch arrived. A crash during
+            // validation left no entry: replay commits it, or a retry of the batch would be
+            // stored a second time. An entry already there is the batch's own (acknowledged
+            // before the crash), unless an earlier record of this replay made it: then this
+            // record was a retry answered as a duplicate but not voided in time. Other content
+            // under the id: this record was a 409.
             if let Some(digest) = digest.filter(|_| validated.accepted > 0) {
                 let batch = (key.0.clone(), stream.clone(), key.1.clone());
-                match replayed_batches.entry(batch) {
-                    std::collections::hash_map::Entry::Occupied(first) => {
-                        refused(if *first.get() == digest {
-                            "a duplicate of an earlier record"
-                        } else {
-                            "its batch id was taken by an earlier record with other content"
-                        });
+                match dedup.claim(&key.0, &stream, &key.1, digest).await {
+                    Claim::New(claim) => {
+                        claim.commit();
+                        replayed_batches.insert(batch);
+                    }
+                    Claim::Duplicate if replayed_batches.contains(&batch) => {
+                        refused("a duplicate of an earlier record");
                         continue;
                     }
-                    std::collections::hash_map::Entry::Vacant(entry) => {
-                        entry.insert(digest);
+                    Claim::Duplicate => {
+                        replayed_batches.insert(batch);
                     }
-                }
-                // A crash while the body was validated left no dedup entry: without one, a
-                // retry of this batch would be stored a second time. An entry with other
-                // content means an acknowledged batch holds the id: this record was a 409.
-                match dedup.claim(&key.0, &stream, &key.1, digest).await {
-                    Claim::New(claim) => claim.commit(),
-                    Claim::Duplicate => {}
                     Claim::Conflict => {
-                        refused(
-                            "its batch id was taken by an acknowledged batch with other content",
-                        );
+                        refused("its batch id is held by other content");
                         continue;
                     }
                 }
