@@ -816,17 +816,9 @@ async fn post(
     body: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> (u16, serde_json::Value) {
-    let mut request = client
-        .post(url)
-        .header("content-type", "application/x-ndjson")
-        .body(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_default())
+    let mut all = vec![("content-type", "application/x-ndjson")];
+    all.extend_from_slice(headers);
+    common::server::post_with_headers(client, url, body, &all).await
 }
 
 /// The batch id of each row in the quarantine table.
@@ -842,11 +834,7 @@ async fn quarantined_batch_ids(clickhouse: &TestClickHouse) -> Vec<String> {
 
 /// One series of the admin port's /metrics.
 async fn metric(sluice: &Sluice, series: &str) -> Option<f64> {
-    let url = format!("http://127.0.0.1:{}/metrics", sluice.admin_port);
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.parse().unwrap())
+    common::server::metric(format!("127.0.0.1:{}", sluice.admin_port), series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,22 +205,11 @@ streams = ["edge_events"]
         kib * 1024
     }
 
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
     /// The value of one metric line (name with labels exactly as exported), 0 when absent.
     async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
+        common::server::metric(&self.admin, series)
             .await
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().unwrap())
+            .unwrap_or(0.0)
     }
 }
 

@@ -148,12 +148,21 @@ pub async fn post(
     encoding: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    let mut request = client
-        .post(url)
-        .header("content-type", content_type)
-        .body(body);
-    if let Some(encoding) = encoding {
-        request = request.header("content-encoding", encoding);
+    let mut headers = vec![("content-type", content_type)];
+    headers.extend(encoding.map(|encoding| ("content-encoding", encoding)));
+    post_with_headers(client, url, body, &headers).await
+}
+
+/// POSTs a body with these headers and returns status and JSON answer.
+pub async fn post_with_headers(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut request = client.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request.send().await.expect("request reaches sluice");
     let status = response.status().as_u16();
@@ -161,6 +170,20 @@ pub async fn post(
     let json = serde_json::from_str(&text)
         .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
     (status, json)
+}
+
+/// The value of one series on an admin port's `/metrics` (name with labels exactly as
+/// exported); None when absent.
+pub async fn metric(admin: impl std::fmt::Display, series: &str) -> Option<f64> {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
 }
 
 pub fn shared<T>(value: T) -> Arc<T> {
