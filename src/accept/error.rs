@@ -72,6 +72,9 @@ pub enum ApiError {
     SpoolFull,
     #[error("clickhouse is unavailable, retry later")]
     Unavailable,
+    /// The spool could not write or void a record (disk error): nothing was acknowledged.
+    #[error("the spool cannot write, retry later")]
+    SpoolUnavailable,
     #[error("clickhouse refused the rows; sluice's log has the details under this request id")]
     Refused,
     #[error("sluice is shutting down")]
@@ -124,6 +127,7 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
+            ApiError::SpoolUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Refused => (StatusCode::INTERNAL_SERVER_ERROR, "insert_refused"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -162,7 +166,10 @@ impl ApiError {
         match self {
             ApiError::RateLimited { refusal, .. } => refusal.retry_after_secs,
             ApiError::Overloaded | ApiError::BodyBufferFull => Some(1),
-            ApiError::Unavailable | ApiError::ShuttingDown | ApiError::SpoolFull => Some(5),
+            ApiError::Unavailable
+            | ApiError::ShuttingDown
+            | ApiError::SpoolFull
+            | ApiError::SpoolUnavailable => Some(5),
             _ => None,
         }
     }
@@ -220,5 +227,41 @@ impl IntoResponse for ApiError {
             headers.insert("x-ratelimit-reset", HeaderValue::from(refusal.reset_secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender tells a full or failing spool apart from an unreachable ClickHouse, and retries
+    /// each later.
+    #[test]
+    fn spool_failures_are_503s_with_their_own_codes() {
+        for (error, code, message) in [
+            (
+                ApiError::SpoolUnavailable,
+                "spool_unavailable",
+                "the spool cannot write, retry later",
+            ),
+            (
+                ApiError::SpoolFull,
+                "spool_full",
+                "spool is full while clickhouse catches up, retry later",
+            ),
+            (
+                ApiError::Unavailable,
+                "clickhouse_unavailable",
+                "clickhouse is unavailable, retry later",
+            ),
+        ] {
+            assert_eq!(
+                error.status_and_code(),
+                (StatusCode::SERVICE_UNAVAILABLE, code)
+            );
+            assert_eq!(error.to_string(), message);
+            let response = error.into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5", "{code}");
+        }
     }
 }

@@ -557,7 +557,7 @@ async fn withdraw(spooling: Option<AppendGuard>) -> Result<(), ApiError> {
     };
     spooling.void().await.map_err(|err| {
         tracing::error!(error = %err, "spool void failed");
-        ApiError::Unavailable
+        ApiError::SpoolUnavailable
     })
 }
 
@@ -728,7 +728,7 @@ fn spool_error(err: SpoolError) -> ApiError {
         SpoolError::Full { .. } => ApiError::SpoolFull,
         other => {
             tracing::error!(error = %other, "spool append failed");
-            ApiError::Unavailable
+            ApiError::SpoolUnavailable
         }
     }
 }
