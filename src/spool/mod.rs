@@ -331,10 +331,13 @@ impl Spool {
             }
             segments.insert(first_id, segment);
         }
-        let used = segments.values().map(|s| s.bytes).sum();
-        let state = Arc::new(Mutex::new(State { segments }));
-        // Delete what recovery found fully confirmed, except the newest segment.
-        remove_done_segments(&mut state.lock().unwrap(), false);
+        let mut state = State { segments };
+        // Delete what recovery found fully confirmed, the newest segment too: the writer starts
+        // a new one.
+        let done = take_done_segments(&mut state, false);
+        delete_segments(&config.dir, &done, config.fsync != FsyncPolicy::Never);
+        let used = state.segments.values().map(|s| s.bytes).sum();
+        let state = Arc::new(Mutex::new(state));
         let used_bytes = Arc::new(AtomicU64::new(used));
         let (appends, receiver) = crossbeam_channel::unbounded();
         let writer = Writer {
@@ -462,7 +465,7 @@ impl Spool {
                 tracing::error!(error = %err, "cannot write spool ack file");
             });
         }
-        let freed = remove_done_segments(&mut state, true);
+        let done = take_done_segments(&mut state, true);
         // A deleted segment needs no mark: nothing of it is replayed.
         let outcome = outcome.map(|marked| {
             marked
@@ -470,7 +473,14 @@ impl Spool {
                 .map(|(_, marked)| marked)
         });
         drop(state);
-        if freed > 0 {
+        if !done.is_empty() {
+            // Unlinking a large file can take a while: not under the state's lock.
+            delete_segments(
+                &self.config.dir,
+                &done,
+                self.config.fsync != FsyncPolicy::Never,
+            );
+            let freed = done.iter().map(|(_, bytes)| bytes).sum();
             self.used_bytes.fetch_sub(freed, Ordering::Relaxed);
         }
         self.report();
@@ -527,9 +537,9 @@ impl Drop for Spool {
     }
 }
 
-/// Deletes sealed (or, with `keep_active = false`, all) segments whose records are all
-/// confirmed. Returns the bytes freed.
-fn remove_done_segments(state: &mut State, keep_active: bool) -> u64 {
+/// Takes the sealed (or, with `keep_active = false`, all) segments whose records are all
+/// confirmed out of the state: their paths and sizes, for [`delete_segments`].
+fn take_done_segments(state: &mut State, keep_active: bool) -> Vec<(PathBuf, u64)> {
     let active = state.segments.keys().next_back().copied();
     let done: Vec<RecordId> = state
         .segments
@@ -537,18 +547,35 @@ fn remove_done_segments(state: &mut State, keep_active: bool) -> u64 {
         .filter(|(first, segment)| segment.is_done() && !(keep_active && Some(**first) == active))
         .map(|(first, _)| *first)
         .collect();
-    let mut freed = 0;
-    for first in done {
-        let segment = state.segments.remove(&first).expect("listed above");
-        freed += segment.bytes;
-        // The segment first: an ack file left alone by a crash is harmless (see `open`), a
-        // segment without its ack file would be replayed, voided records included.
-        if let Err(err) = fs::remove_file(&segment.path) {
-            tracing::error!(segment = %segment.path.display(), error = %err, "cannot delete spool segment");
-        }
-        let _ = fs::remove_file(segment.path.with_extension("ack"));
+    done.into_iter()
+        .map(|first| {
+            let segment = state.segments.remove(&first).expect("listed above");
+            (segment.path, segment.bytes)
+        })
+        .collect()
+}
+
+/// Deletes finished segments: the segment files first and, once their removal is on disk
+/// (`sync`), the ack files. An ack file left alone by a crash is harmless (see
+/// [`Spool::open`]); a segment left without its ack file would be replayed, voided and delivered
+/// records included.
+fn delete_segments(dir: &Path, segments: &[(PathBuf, u64)], sync: bool) {
+    if segments.is_empty() {
+        return;
     }
-    freed
+    for (path, _) in segments {
+        if let Err(err) = fs::remove_file(path) {
+            tracing::error!(segment = %path.display(), error = %err, "cannot delete spool segment");
+        }
+    }
+    if sync && let Err(err) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        // The ack files stay until the next start, which removes those without a segment.
+        tracing::error!(error = %err, "cannot sync the spool directory; ack files kept");
+        return;
+    }
+    for (path, _) in segments {
+        let _ = fs::remove_file(path.with_extension("ack"));
+    }
 }
 
 /// The single writer: group commit.

@@ -103,6 +103,38 @@ fn records_survive_a_restart_until_confirmed() {
 }
 
 #[test]
+fn a_restart_counts_only_the_segments_it_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (spool, _) = Spool::open(config(dir.path())).unwrap();
+    let ids: Vec<RecordId> = (0..40)
+        .map(|n| rt.block_on(spool.append(&record(n))).unwrap())
+        .collect();
+    spool.confirm(&ids);
+    let stats = spool.stats();
+    assert_eq!(stats.segments, 1, "the active segment stays while running");
+    assert!(stats.bytes > 0);
+    drop(spool);
+
+    // Everything was confirmed: the start deletes the last segment too, and does not count it.
+    let (spool, recovery) = Spool::open(config(dir.path())).unwrap();
+    assert!(recovery.unconfirmed.is_empty());
+    assert!(segment_files(dir.path()).is_empty());
+    assert_eq!(
+        list_files(dir.path(), "ack").unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    let stats = spool.stats();
+    assert_eq!((stats.bytes, stats.segments), (0, 0));
+    let id = rt.block_on(spool.append(&record(40))).unwrap();
+    assert_eq!(id, 41);
+    assert_eq!(
+        spool.stats().bytes,
+        fs::metadata(&segment_files(dir.path())[0]).unwrap().len()
+    );
+}
+
+#[test]
 fn voided_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
