@@ -234,13 +234,15 @@ impl AppendGuard {
     /// Voids the record (see [`Spool::void`]), waiting for its append first if need be.
     pub async fn void(mut self) -> Result<(), SpoolError> {
         match self.record.take() {
-            Some(record) => void_guarded(&self.spool, record).await,
+            Some(record) => void_guarded(self.spool.clone(), record).await,
             None => Ok(()),
         }
     }
 }
 
-async fn void_guarded(spool: &Spool, record: GuardedRecord) -> Result<(), SpoolError> {
+/// Waits for the record's append, then voids it on a blocking thread: the ack file's write,
+/// its sync and the deletion of a segment the void finishes are file system calls.
+async fn void_guarded(spool: Arc<Spool>, record: GuardedRecord) -> Result<(), SpoolError> {
     let id = match record {
         GuardedRecord::Durable(id) => id,
         GuardedRecord::Pending(mut pending) => match pending.wait().await {
@@ -248,7 +250,9 @@ async fn void_guarded(spool: &Spool, record: GuardedRecord) -> Result<(), SpoolE
             Err(_) => return Ok(()), // not appended: nothing to void
         },
     };
-    spool.void(id).await
+    tokio::task::spawn_blocking(move || spool.void(id))
+        .await
+        .map_err(|_| SpoolError::Stopped)?
 }
 
 impl Drop for AppendGuard {
@@ -261,7 +265,7 @@ impl Drop for AppendGuard {
         };
         let spool = self.spool.clone();
         runtime.spawn(async move {
-            if let Err(err) = void_guarded(&spool, record).await {
+            if let Err(err) = void_guarded(spool, record).await {
                 tracing::error!(error = %err, "cannot void the spool record of an abandoned request");
             }
         });
@@ -410,8 +414,9 @@ impl Spool {
 
     /// Withdraws a record whose batch was refused after it was appended: it is marked as
     /// confirmed, and (unless `fsync = "never"`) the mark is on disk when this returns, so replay
-    /// never delivers the batch. Answer the refusal only after this.
-    pub async fn void(&self, id: RecordId) -> Result<(), SpoolError> {
+    /// never delivers the batch. Answer the refusal only after this. Blocks on the file system:
+    /// async code voids through [`AppendGuard::void`], which runs this on a blocking thread.
+    pub fn void(&self, id: RecordId) -> Result<(), SpoolError> {
         metrics::counter!("sluice_spool_voided_records_total").increment(1);
         let Some(Marked { ack_file, created }) = self.mark(&[id])? else {
             return Ok(()); // the segment is gone: nothing of it can be replayed
@@ -419,17 +424,11 @@ impl Spool {
         if self.config.fsync == FsyncPolicy::Never {
             return Ok(());
         }
-        let dir = self.config.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            ack_file.sync_data()?;
-            if created {
-                // The new ack file's directory entry must reach the disk too.
-                File::open(dir)?.sync_all()?;
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await
-        .map_err(|_| SpoolError::Stopped)??;
+        ack_file.sync_data()?;
+        if created {
+            // The new ack file's directory entry must reach the disk too.
+            File::open(&self.config.dir)?.sync_all()?;
+        }
         Ok(())
     }
 
