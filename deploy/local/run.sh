@@ -16,7 +16,10 @@ deploy/local/clickhouse.sh start default
 
 section "building sluice (release)"
 cargo build --release --locked -p sluice -p sluice-loadtest --bins
-bin="$repo/target/release"
+# Where cargo put them: CARGO_TARGET_DIR if set (relative to the repository), else target/.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$repo/$target_dir"
+bin="$target_dir/release"
 
 section "development certificates in .local/certs"
 if [[ ! -f .local/certs/ca.crt ]]; then
