@@ -557,22 +557,30 @@ fn take_done_segments(state: &mut State, keep_active: bool) -> Vec<(PathBuf, u64
 /// Deletes finished segments: the segment files first and, once their removal is on disk
 /// (`sync`), the ack files. An ack file left alone by a crash is harmless (see
 /// [`Spool::open`]); a segment left without its ack file would be replayed, voided and delivered
-/// records included.
+/// records included — so a segment that cannot be deleted keeps its ack file, and the next
+/// start finds it all confirmed and deletes it.
 fn delete_segments(dir: &Path, segments: &[(PathBuf, u64)], sync: bool) {
-    if segments.is_empty() {
+    let deleted: Vec<&PathBuf> = segments
+        .iter()
+        .map(|(path, _)| path)
+        .filter(|path| match fs::remove_file(path) {
+            Ok(()) => true,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => true,
+            Err(err) => {
+                tracing::error!(segment = %path.display(), error = %err, "cannot delete spool segment; its ack file is kept");
+                false
+            }
+        })
+        .collect();
+    if deleted.is_empty() {
         return;
-    }
-    for (path, _) in segments {
-        if let Err(err) = fs::remove_file(path) {
-            tracing::error!(segment = %path.display(), error = %err, "cannot delete spool segment");
-        }
     }
     if sync && let Err(err) = File::open(dir).and_then(|dir| dir.sync_all()) {
         // The ack files stay until the next start, which removes those without a segment.
         tracing::error!(error = %err, "cannot sync the spool directory; ack files kept");
         return;
     }
-    for (path, _) in segments {
+    for path in deleted {
         let _ = fs::remove_file(path.with_extension("ack"));
     }
 }

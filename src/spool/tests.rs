@@ -135,6 +135,27 @@ fn a_restart_counts_only_the_segments_it_keeps() {
 }
 
 #[test]
+fn a_segment_that_cannot_be_deleted_keeps_its_ack_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("00000000000000000001.seg");
+    let stuck = dir.path().join("00000000000000000002.seg");
+    fs::write(&gone, b"records").unwrap();
+    // A directory where the segment file should be: unlinking it fails, even for root.
+    fs::create_dir(&stuck).unwrap();
+    fs::write(stuck.join("keep"), b"").unwrap();
+    for segment in [&gone, &stuck] {
+        fs::write(segment.with_extension("ack"), 1u64.to_le_bytes()).unwrap();
+    }
+    delete_segments(dir.path(), &[(gone.clone(), 7), (stuck.clone(), 7)], true);
+    assert!(!gone.exists() && !gone.with_extension("ack").exists());
+    assert!(stuck.exists());
+    assert!(
+        stuck.with_extension("ack").exists(),
+        "without its ack file the segment's confirmed records would be replayed"
+    );
+}
+
+#[test]
 fn voided_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
