@@ -558,7 +558,7 @@ fn take_done_segments(state: &mut State, keep_active: bool) -> Vec<(PathBuf, u64
 /// (`sync`), the ack files. An ack file left alone by a crash is harmless (see
 /// [`Spool::open`]); a segment left without its ack file would be replayed, voided and delivered
 /// records included — so a segment that cannot be deleted keeps its ack file, and the next
-/// start finds it all confirmed and deletes it.
+/// start finds it all confirmed and tries again.
 fn delete_segments(dir: &Path, segments: &[(PathBuf, u64)], sync: bool) {
     let deleted: Vec<&PathBuf> = segments
         .iter()
