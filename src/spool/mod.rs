@@ -560,18 +560,15 @@ fn take_done_segments(state: &mut State, keep_active: bool) -> Vec<(PathBuf, u64
 /// records included — so a segment that cannot be deleted keeps its ack file, and the next
 /// start finds it all confirmed and tries again.
 fn delete_segments(dir: &Path, segments: &[(PathBuf, u64)], sync: bool) {
-    let deleted: Vec<&PathBuf> = segments
-        .iter()
-        .map(|(path, _)| path)
-        .filter(|path| match fs::remove_file(path) {
-            Ok(()) => true,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => true,
-            Err(err) => {
+    let mut deleted = Vec::with_capacity(segments.len());
+    for (path, _) in segments {
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
                 tracing::error!(segment = %path.display(), error = %err, "cannot delete spool segment; its ack file is kept");
-                false
             }
-        })
-        .collect();
+            _ => deleted.push(path),
+        }
+    }
     if deleted.is_empty() {
         return;
     }
