@@ -5,7 +5,11 @@
 //! `/proc/PID/status`. Processes are named by pid, or found as the owner of the socket listening
 //! on a TCP port (`/proc/net/tcp{,6}` → socket inode → `/proc/*/fd`), or by a command-line
 //! substring.
+//!
+//! sluice's CPU is also read per thread (`/proc/PID/task/TID/stat`) and summed by the pipeline
+//! stage each thread works for, which the thread's name tells ([`stage_of`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,69 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         stime: field(15)?,
         rss_pages: field(24)?,
     })
+}
+
+/// The name (`comm`) in `/proc/PID/stat` text: between the first `(` and the last `)`.
+pub fn parse_comm(text: &str) -> Option<&str> {
+    text.get(text.find('(')? + 1..text.rfind(')')?)
+}
+
+/// The stages of sluice's pipeline that [`stage_of`] tells apart, in the order reports list them.
+pub const STAGES: [&str; 5] = ["requests", "accumulators", "rollups", "spool", "other"];
+
+/// The stage of the pipeline a thread of sluice works for, by the thread's name: tokio's
+/// threads (async workers and the blocking pool) accept, authenticate, decompress, parse and
+/// validate requests; each table's accumulator (`acc-…`) sorts, encodes and compresses its
+/// inserts; each rollup's thread (`rollup-…`) folds rows into groups; the spool has one writer.
+pub fn stage_of(comm: &str) -> &'static str {
+    if comm.starts_with("tokio") {
+        "requests"
+    } else if comm.starts_with("acc-") {
+        "accumulators"
+    } else if comm.starts_with("rollup-") {
+        "rollups"
+    } else if comm.starts_with("spool") {
+        "spool"
+    } else {
+        "other"
+    }
+}
+
+/// CPU seconds of every thread a process has had while it was read: thread id → (stage, CPU
+/// seconds at its last reading). A thread that ends keeps its last reading, so the CPU of
+/// short-lived threads (tokio's blocking pool lets idle threads go) is not lost.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadCpu(BTreeMap<u32, (&'static str, f64)>);
+
+impl ThreadCpu {
+    /// Records one reading of a thread.
+    pub fn record(&mut self, tid: u32, comm: &str, cpu_secs: f64) {
+        self.0.insert(tid, (stage_of(comm), cpu_secs));
+    }
+
+    /// CPU seconds per stage (every one of [`STAGES`]) spent between `start` and this later
+    /// reading. A thread that began after `start` counts from zero.
+    pub fn by_stage_since(&self, start: &ThreadCpu) -> Vec<StageCpu> {
+        let mut by_stage: BTreeMap<&str, f64> = BTreeMap::new();
+        for (tid, (stage, cpu)) in &self.0 {
+            let before = start.0.get(tid).map_or(0.0, |(_, cpu)| *cpu);
+            *by_stage.entry(stage).or_default() += (cpu - before).max(0.0);
+        }
+        STAGES
+            .iter()
+            .map(|stage| StageCpu {
+                stage: stage.to_string(),
+                cpu_secs: by_stage.get(stage).copied().unwrap_or(0.0),
+            })
+            .collect()
+    }
+}
+
+/// The CPU one stage of sluice's pipeline used.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StageCpu {
+    pub stage: String,
+    pub cpu_secs: f64,
 }
 
 /// `VmRSS` and `VmHWM` of `/proc/PID/status`, in bytes.
@@ -148,6 +215,25 @@ impl Probe {
             rss_bytes: memory.rss_bytes,
             hwm_bytes: memory.hwm_bytes,
         })
+    }
+
+    /// Reads every thread of the process into `threads` (nothing once it is gone).
+    pub fn read_threads(&self, threads: &mut ThreadCpu) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended after the directory was listed
+            };
+            if let (Some(comm), Some(stat)) = (parse_comm(&text), parse_stat(&text)) {
+                let cpu_secs = (stat.utime + stat.stime) as f64 / self.ticks_per_sec;
+                threads.record(tid, comm, cpu_secs);
+            }
+        }
     }
 
     /// CPU seconds so far (0 when the process is gone).
@@ -286,6 +372,9 @@ pub struct Sample {
 pub struct Sampler {
     pub started: Instant,
     samples: Arc<Mutex<Vec<Sample>>>,
+    sluice: Option<Probe>,
+    /// sluice's threads, read with every sample.
+    threads: Arc<Mutex<ThreadCpu>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -296,8 +385,10 @@ impl Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let harness = Probe::current();
+        let threads = Arc::new(Mutex::new(ThreadCpu::default()));
         let thread = {
             let (samples, stop) = (samples.clone(), stop.clone());
+            let (sluice, threads) = (sluice.clone(), threads.clone());
             std::thread::Builder::new()
                 .name("proc-sampler".into())
                 .spawn(move || {
@@ -310,6 +401,9 @@ impl Sampler {
                             harness: harness.read(),
                         };
                         samples.lock().expect("sampler lock").push(sample);
+                        if let Some(sluice) = &sluice {
+                            sluice.read_threads(&mut threads.lock().expect("sampler lock"));
+                        }
                         next += period;
                         let now = Instant::now();
                         if next > now {
@@ -324,6 +418,8 @@ impl Sampler {
         Sampler {
             started,
             samples,
+            sluice,
+            threads,
             stop,
             thread: Some(thread),
         }
@@ -332,6 +428,14 @@ impl Sampler {
     /// Seconds since the sampler started.
     pub fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// sluice's threads, read now, with every thread read before (`None` without sluice).
+    pub fn sluice_threads(&self) -> Option<ThreadCpu> {
+        let sluice = self.sluice.as_ref()?;
+        let mut threads = self.threads.lock().expect("sampler lock");
+        sluice.read_threads(&mut threads);
+        Some(threads.clone())
     }
 
     /// A copy of the samples so far.
@@ -375,6 +479,80 @@ mod tests {
         );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn thread_names_come_from_between_the_parentheses() {
+        assert_eq!(parse_comm("77 (acc-edge (x)) S 1"), Some("acc-edge (x)"));
+        assert_eq!(parse_comm("77 tokio S 1"), None);
+    }
+
+    #[test]
+    fn threads_are_summed_by_stage_and_ended_threads_keep_their_cpu() {
+        assert_eq!(
+            [
+                "tokio-rt-worker",
+                "tokio-runtime-w",
+                "acc-edge_access",
+                "rollup-edge_acc"
+            ]
+            .map(stage_of),
+            ["requests", "requests", "accumulators", "rollups"]
+        );
+        assert_eq!(
+            [stage_of("spool-writer"), stage_of("sluice")],
+            ["spool", "other"]
+        );
+        let mut start = ThreadCpu::default();
+        start.record(1, "tokio-rt-worker", 10.0);
+        start.record(2, "acc-edge_access", 4.0);
+        let mut end = start.clone();
+        end.record(1, "tokio-rt-worker", 12.5);
+        end.record(2, "acc-edge_access", 5.0);
+        // Began and (as far as later reads go) ended within the window.
+        end.record(3, "tokio-rt-worker", 0.5);
+        let by_stage: Vec<(String, f64)> = end
+            .by_stage_since(&start)
+            .into_iter()
+            .map(|s| (s.stage, s.cpu_secs))
+            .collect();
+        assert_eq!(
+            by_stage,
+            [
+                ("requests".to_string(), 3.0),
+                ("accumulators".to_string(), 1.0),
+                ("rollups".to_string(), 0.0),
+                ("spool".to_string(), 0.0),
+                ("other".to_string(), 0.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_threads_of_a_live_process_are_read_by_stage() {
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+        let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("acc-test".into())
+            .spawn(move || {
+                let started = thread_cpu_time();
+                while thread_cpu_time() - started < Duration::from_millis(100) {
+                    std::hint::black_box(0u64);
+                }
+                busy_tx.send(()).unwrap();
+                let _ = exit_rx.recv();
+            })
+            .unwrap();
+        busy_rx.recv().unwrap();
+        let mut threads = ThreadCpu::default();
+        Probe::current().read_threads(&mut threads);
+        exit_tx.send(()).unwrap();
+        worker.join().unwrap();
+        let by_stage = threads.by_stage_since(&ThreadCpu::default());
+        let accumulators = by_stage.iter().find(|s| s.stage == "accumulators").unwrap();
+        // 100 ms of CPU, counted in clock ticks.
+        assert!(accumulators.cpu_secs >= 0.05, "{by_stage:?}");
+        assert!(accumulators.cpu_secs < 1.0, "{by_stage:?}");
     }
 
     #[test]

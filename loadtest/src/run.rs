@@ -233,6 +233,7 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
         scenario.load.connections
     );
     let phase_start = snapshot(&sluice_probe, &clickhouse_probe, &harness_probe);
+    let threads_start = sampler.sluice_threads();
     let sent = send_phase(&scenario, pools.clone(), &prefix, &options).await?;
     let mut expected_per_table: BTreeMap<&str, u64> = BTreeMap::new();
     for b in &sent.batches {
@@ -264,14 +265,18 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
     say!(options, "waiting for merges and CPU to settle");
     let settled = settle(&scenario, &idle, &sluice_probe, &clickhouse_probe, &ch, &db).await;
     let phase_end = snapshot(&sluice_probe, &clickhouse_probe, &harness_probe);
+    let threads_end = sampler.sluice_threads();
     let rows_acked: u64 = expected_per_table.values().sum();
-    let sluice_phase = phase(
+    let mut sluice_phase = phase(
         rows_acked,
         [&phase_start, &phase_drained, &phase_end],
         &idle,
         (drained, settled),
         &sampler,
     );
+    if let (Some(start), Some(end)) = (&threads_start, &threads_end) {
+        sluice_phase.sluice_cpu_by_stage = end.by_stage_since(start);
+    }
 
     // 6. verification
     say!(
@@ -327,7 +332,6 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
     };
     let send_start_t = phase_start.at.duration_since(sampler.started).as_secs_f64();
     let samples = sampler.finish();
-    let mut sluice_phase = sluice_phase;
     let mut baseline = baseline;
     sluice_phase.t_start -= send_start_t;
     if let Some(b) = baseline.as_mut() {
@@ -432,6 +436,7 @@ fn phase(
         drained,
         settled,
         sluice_cpu_secs: cpu_delta(start.sluice, end.sluice),
+        sluice_cpu_by_stage: Vec::new(),
         clickhouse_cpu_secs: clickhouse_cpu,
         clickhouse_cpu_secs_after_drain: cpu_delta(drained_at.clickhouse, end.clickhouse),
         clickhouse_net_cpu_secs: clickhouse_cpu
