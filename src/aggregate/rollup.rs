@@ -315,6 +315,12 @@ impl RollupState {
 
     /// Folds the rows of a batch of the stream's table (columns in schema order). `now` (unix
     /// seconds) tells late rows from timely ones; both are counted.
+    ///
+    /// Rows are folded in their order. Folding them group by group (rows sorted by the hash of
+    /// their group key, so that a group's entry and states are loaded once per run of its rows)
+    /// was tried: the rollup thread's CPU per row rose from 448–499 to 549–573 ns in the gzip
+    /// load test (two runs each) — the sort costs more than the locality saves, since a row's
+    /// distinct value and quantile bin are a random access in any order.
     pub fn fold(&mut self, batch: &RecordBatch, now: u64) {
         let rollup = self.rollup.clone();
         let columns = batch.columns();
