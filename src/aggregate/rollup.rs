@@ -76,7 +76,10 @@ pub enum MeasureState {
     Min(Option<Num>),
     Max(Option<Num>),
     /// Values of up to 24 bytes (addresses, ids) are kept inline: no allocation per new value
-    /// and no pointer to follow to compare one.
+    /// and no pointer to follow to compare one. A set of 64-bit hashes of the values with the
+    /// values in a list beside it was tried: the rollup thread's CPU per row rose from 421–467
+    /// to 534–550 ns in the gzip load test (alternated, two runs each) — the list's spare
+    /// capacity made the states larger, not smaller.
     DistinctStr(HashSet<CompactString>),
     DistinctInt(HashSet<i64>),
     /// Bin index → count.
