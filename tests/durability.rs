@@ -906,6 +906,10 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
         Some(2.0),
         "only the accepted batch and the rejected row wait in the spool"
     );
+    // fsync = "always" (the default): every group of appends was synced, and timed; seven
+    // appends make one to seven groups.
+    let syncs = metric(&sluice, "sluice_spool_fsync_seconds_count").await;
+    assert!(syncs.is_some_and(|n| (1.0..=7.0).contains(&n)), "{syncs:?}");
     sluice.kill();
 
     // Second run, ClickHouse back: only the accepted batch and the rejected row arrive, and

@@ -667,7 +667,7 @@ impl Writer {
 
     fn sync(&mut self) {
         if let Some((_, file)) = &self.file
-            && let Err(err) = file.sync_data()
+            && let Err(err) = sync_segment(file)
         {
             tracing::error!(error = %err, "spool fdatasync failed");
         }
@@ -696,7 +696,7 @@ impl Writer {
         };
         if roll {
             if let Some((_, old)) = self.file.take() {
-                old.sync_data()?;
+                sync_segment(&old)?;
             }
             let path = self.config.dir.join(format!("{first_id:020}.seg"));
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -722,7 +722,7 @@ impl Writer {
             }
         }
         if self.config.fsync == FsyncPolicy::Always {
-            file.sync_data()?;
+            sync_segment(file)?;
         }
         let mut state = self.state.lock().unwrap();
         let segment = state
@@ -735,6 +735,14 @@ impl Writer {
         self.used_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// fdatasync of a segment, timed: with `fsync = "always"` every acknowledgement waits for one.
+fn sync_segment(file: &File) -> io::Result<()> {
+    let started = Instant::now();
+    let result = file.sync_data();
+    metrics::histogram!("sluice_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
+    result
 }
 
 fn list_files(dir: &Path, extension: &str) -> io::Result<Vec<PathBuf>> {
