@@ -5,7 +5,8 @@
 //!
 //! The harness, in the order a run uses it: [`scenario`] (what to do) → [`pool`] (bodies made
 //! up front) → [`decode_only`] (the parse ceiling) → [`pacing`] + the connections in [`run`]
-//! (send, with [`procstat`] sampling CPU and memory) → [`verify`] (ClickHouse holds exactly the
+//! (send, with [`procstat`] sampling CPU and memory and [`server_metrics`] reading sluice's own
+//! histograms) → [`verify`] (ClickHouse holds exactly the
 //! acknowledged rows) → [`baseline`] (the same rows as direct JSONEachRow inserts) → [`report`]
 //! (JSON, HTML with [`svg`] plots, summary table).
 
@@ -21,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod send;
+pub mod server_metrics;
 pub mod svg;
 pub mod verify;
 

@@ -28,6 +28,8 @@ pub struct RunResult {
     pub latency_from_due_ms: Option<Latency>,
     pub idle: Idle,
     pub sluice_phase: Phase,
+    /// sluice's own histograms over the load window (`[target] metrics_url`).
+    pub server_side: Option<crate::server_metrics::ServerSide>,
     pub baseline: Option<BaselineResult>,
     pub decode_only: Option<DecodeOnly>,
     pub efficiency: Efficiency,
@@ -296,6 +298,26 @@ fn stage_line(p: &Phase) -> Option<String> {
     Some(parts.join(", "))
 }
 
+/// sluice's own histograms: `requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); spool syncs …`.
+fn server_side_line(side: &crate::server_metrics::ServerSide) -> String {
+    let syncs = if side.syncs == 0 {
+        "no spool syncs".to_string()
+    } else {
+        format!(
+            "spool syncs over 5 ms {} %, over 10 ms {} % ({})",
+            opt(side.syncs_over_5ms_pct, 1),
+            opt(side.syncs_over_10ms_pct, 1),
+            thousands(side.syncs as f64)
+        )
+    };
+    format!(
+        "requests over 5 ms {} %, over 10 ms {} % ({}); {syncs}",
+        opt(side.requests_over_5ms_pct, 1),
+        opt(side.requests_over_10ms_pct, 1),
+        thousands(side.requests as f64)
+    )
+}
+
 /// The headline lines of a run, for the terminal and the top of the HTML report.
 pub fn summary_rows(r: &RunResult) -> Vec<(String, String)> {
     let e = &r.efficiency;
@@ -383,6 +405,13 @@ pub fn summary_rows(r: &RunResult) -> Vec<(String, String)> {
             ),
         ),
     ];
+    if let Some(side) = &r.server_side {
+        let at = rows
+            .iter()
+            .position(|(name, _)| name == "latency")
+            .map_or(rows.len(), |i| i + 1);
+        rows.insert(at, ("in sluice".to_string(), server_side_line(side)));
+    }
     if let Some(stages) = stage_line(&r.sluice_phase) {
         let at = rows
             .iter()
@@ -1027,6 +1056,35 @@ mod tests {
             .skip_while(|l| !l.starts_with("sluice CPU"))
             .nth(1);
         assert_eq!(after_cpu, Some(line), "{text}");
+    }
+
+    #[test]
+    fn the_summary_shows_sluices_own_view_after_the_latency() {
+        let mut r = sample();
+        assert!(!summary_table(&r).contains("in sluice"));
+        r.server_side = Some(crate::server_metrics::ServerSide {
+            requests: 4500,
+            requests_over_5ms_pct: Some(11.94),
+            requests_over_10ms_pct: Some(3.6),
+            syncs: 4420,
+            syncs_over_5ms_pct: Some(2.2),
+            syncs_over_10ms_pct: Some(0.4),
+        });
+        let text = summary_table(&r);
+        let after_latency = text
+            .lines()
+            .skip_while(|l| !l.starts_with("latency"))
+            .nth(1);
+        assert_eq!(
+            after_latency,
+            Some(
+                "in sluice        requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); \
+                 spool syncs over 5 ms 2.2 %, over 10 ms 0.4 % (4,420)"
+            ),
+            "{text}"
+        );
+        r.server_side.as_mut().unwrap().syncs = 0;
+        assert!(summary_table(&r).contains("(4,500); no spool syncs"));
     }
 
     #[test]

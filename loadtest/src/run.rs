@@ -39,6 +39,7 @@ use crate::report::{
 };
 use crate::scenario::{Protocol, Scenario};
 use crate::send::{BATCH_ID_HEADER, unique_batch_prefix};
+use crate::server_metrics::ServerSide;
 use crate::verify::{self, SentBatch, Verification};
 
 /// How to run (not part of the scenario).
@@ -232,9 +233,20 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
         scenario.target.url,
         scenario.load.connections
     );
+    let metrics_url = scenario.target.metrics_url.as_deref();
+    let metrics_before = match metrics_url {
+        Some(url) => read_metrics(url, &mut notes).await,
+        None => None,
+    };
     let phase_start = snapshot(&sluice_probe, &clickhouse_probe, &harness_probe);
     let threads_start = sampler.sluice_threads();
     let sent = send_phase(&scenario, pools.clone(), &prefix, &options).await?;
+    let server_side = match (metrics_url, metrics_before) {
+        (Some(url), Some(before)) => read_metrics(url, &mut notes)
+            .await
+            .map(|after| ServerSide::between(&before, &after)),
+        _ => None,
+    };
     let mut expected_per_table: BTreeMap<&str, u64> = BTreeMap::new();
     for b in &sent.batches {
         if b.sent.status == Some(200) {
@@ -351,6 +363,7 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
         sent: &sent,
         idle,
         sluice_phase,
+        server_side,
         baseline,
         decode_only,
         verification,
@@ -364,6 +377,17 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<RunO
         json_path,
         html_path,
     })
+}
+
+/// sluice's metrics text; a failure is a note, not the end of the run.
+async fn read_metrics(url: &str, notes: &mut Vec<String>) -> Option<String> {
+    match crate::server_metrics::scrape(url).await {
+        Ok(text) => Some(text),
+        Err(err) => {
+            notes.push(format!("sluice's metrics not read: {err:#}"));
+            None
+        }
+    }
 }
 
 fn unix_millis() -> u64 {
@@ -1177,6 +1201,7 @@ struct Assembly<'a> {
     sent: &'a Sent,
     idle: Idle,
     sluice_phase: Phase,
+    server_side: Option<ServerSide>,
     baseline: Option<BaselineResult>,
     decode_only: Option<crate::decode_only::DecodeOnly>,
     verification: Vec<Verification>,
@@ -1327,6 +1352,7 @@ fn assemble(a: Assembly<'_>) -> RunResult {
         latency_from_due_ms: sent.latency_from_due.as_ref().map(Latency::from_micros),
         idle: a.idle,
         sluice_phase: a.sluice_phase,
+        server_side: a.server_side,
         baseline: a.baseline,
         decode_only: a.decode_only,
         efficiency,

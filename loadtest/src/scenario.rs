@@ -93,6 +93,11 @@ pub struct Target {
     /// Command-line substring that identifies the sluice process when no listener is found.
     #[serde(default = "default_sluice_match")]
     pub process_match: String,
+    /// sluice's Prometheus endpoint (its admin listener), e.g.
+    /// `http://127.0.0.1:9090/metrics`: read before and after the load for sluice's own view of
+    /// request times and spool syncs ([`crate::server_metrics`]). Unset: not read.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
 }
 
 fn default_sluice_match() -> String {

@@ -76,6 +76,7 @@ struct Sluice {
     child: Child,
     dir: tempfile::TempDir,
     ingest_port: u16,
+    admin_port: u16,
     log: PathBuf,
 }
 
@@ -140,6 +141,7 @@ url_encoded = true
             child,
             dir,
             ingest_port,
+            admin_port,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -217,6 +219,7 @@ ca = "{certs}/ca.crt"
 cert = "{certs}/client-a.crt"
 key = "{certs}/client-a.key"
 pid = {pid}
+metrics_url = "http://127.0.0.1:{admin_port}/metrics"
 [clickhouse]
 url = "{url}"
 database = "{database}"
@@ -254,6 +257,7 @@ secs = 0.2
 dir = "{out}"
 "#,
         port = sluice.ingest_port,
+        admin_port = sluice.admin_port,
         certs = certs.display(),
         pid = sluice.child.id(),
         url = clickhouse_url(),
@@ -335,6 +339,16 @@ fn a_tiny_scenario_lands_every_acknowledged_row_exactly_once() {
     assert!(r.sluice_phase.sluice_peak_rss_mib.unwrap() > 1.0);
     assert!(r.decode_only.as_ref().unwrap().rows_per_cpu_sec > 0.0);
     assert!(r.latency_ms.count == 8 && r.latency_ms.p50 > 0.0);
+    assert_eq!(
+        r.sluice_phase.sluice_cpu_by_stage.len(),
+        5,
+        "its threads were read"
+    );
+    // sluice's own histograms over the window: the 8 requests, each appended to the spool and
+    // synced (fsync = "always"; appends that meet in the writer share a sync).
+    let side = r.server_side.as_ref().expect("sluice's metrics were read");
+    assert_eq!(side.requests, 8, "{side:?}");
+    assert!((1..=8).contains(&side.syncs), "{side:?}");
     // The files.
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&outcome.json_path).unwrap()).unwrap();
