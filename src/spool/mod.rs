@@ -737,7 +737,8 @@ impl Writer {
     }
 }
 
-/// fdatasync of a segment, timed: with `fsync = "always"` every acknowledgement waits for one.
+/// fdatasync of a segment, timed (`sluice_spool_fsync_seconds`): with `fsync = "always"` every
+/// acknowledgement waits for one.
 fn sync_segment(file: &File) -> io::Result<()> {
     let started = Instant::now();
     let result = file.sync_data();
