@@ -298,6 +298,15 @@ fn stage_line(p: &Phase) -> Option<String> {
     Some(parts.join(", "))
 }
 
+/// Puts `row` right after the line named `after` (at the end without one).
+fn insert_after(rows: &mut Vec<(String, String)>, after: &str, (name, text): (&str, String)) {
+    let at = rows
+        .iter()
+        .position(|(line, _)| line == after)
+        .map_or(rows.len(), |i| i + 1);
+    rows.insert(at, (name.to_string(), text));
+}
+
 /// sluice's own histograms: `requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); spool syncs …`.
 fn server_side_line(side: &crate::server_metrics::ServerSide) -> String {
     let syncs = if side.syncs == 0 {
@@ -405,19 +414,12 @@ pub fn summary_rows(r: &RunResult) -> Vec<(String, String)> {
             ),
         ),
     ];
+    // Lines that only some runs have, each after the line it explains.
     if let Some(side) = &r.server_side {
-        let at = rows
-            .iter()
-            .position(|(name, _)| name == "latency")
-            .map_or(rows.len(), |i| i + 1);
-        rows.insert(at, ("in sluice".to_string(), server_side_line(side)));
+        insert_after(&mut rows, "latency", ("in sluice", server_side_line(side)));
     }
     if let Some(stages) = stage_line(&r.sluice_phase) {
-        let at = rows
-            .iter()
-            .position(|(name, _)| name == "sluice CPU")
-            .map_or(rows.len(), |i| i + 1);
-        rows.insert(at, ("by stage".to_string(), stages));
+        insert_after(&mut rows, "sluice CPU", ("by stage", stages));
     }
     let verdict = if r.verified {
         format!(
