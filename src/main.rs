@@ -145,7 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if log_json {
                 log.format = sluice::config::LogFormat::Json;
             }
-            sluice::logging::init(&log, std::io::stderr).map_err(|err| anyhow::anyhow!(err))?;
+            // Held to the end: dropping it writes the log lines still queued.
+            let _log_writer =
+                sluice::logging::init_stderr(&log).map_err(|err| anyhow::anyhow!(err))?;
             let metrics = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("seconds".to_string()),

@@ -136,6 +136,8 @@ impl Server {
             spool: state.spool.clone(),
             // A weak reference: shutdown takes the pipeline out of the state.
             before_scrape: Some(Box::new(move || {
+                metrics::counter!("sluice_log_lines_dropped_total")
+                    .absolute(crate::logging::dropped_lines());
                 if let Some(state) = weak_state.upgrade() {
                     state.pipeline.report_queues();
                 }
