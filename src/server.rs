@@ -279,6 +279,7 @@ async fn replay(
             // Only a sender's batch id is deduplicated (see `SpoolRecord::sender_batch_id`).
             let digest = record.sender_batch_id;
             let limits = recorded_limits.unwrap_or_else(|| config.limits.body_limits());
+            let part_bytes = config.ingest.decode_part_bytes;
             let body = record.body.clone();
             let content_type = record.content_type.clone();
             let validated = tokio::task::spawn_blocking(move || {
@@ -289,7 +290,7 @@ async fn replay(
                     encoding,
                     content_type.as_deref(),
                     limits,
-                    digest,
+                    validate::Validation { digest, part_bytes },
                 )
             })
             .await?;

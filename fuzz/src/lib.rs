@@ -160,15 +160,38 @@ fn validate_and_encode(
     encoding: ContentEncoding,
     content_type: &str,
 ) -> Option<usize> {
-    let result = validate::validate_body(
-        compiled,
-        context(),
-        body,
-        encoding,
-        Some(content_type),
-        LIMITS,
-        true,
-    );
+    let validate = |part_bytes| {
+        validate::validate_body(
+            compiled,
+            context(),
+            body,
+            encoding,
+            Some(content_type),
+            LIMITS,
+            validate::Validation {
+                digest: true,
+                part_bytes,
+            },
+        )
+    };
+    let result = validate(0);
+    // Validated in parts of 64 bytes or more at once, the answer is the same.
+    match (&result, validate(64)) {
+        (Ok(Some((whole, whole_digest))), Ok(Some((parts, parts_digest)))) => {
+            assert_eq!(&parts_digest, whole_digest);
+            assert_eq!(
+                (parts.accepted, parts.rejected),
+                (whole.accepted, whole.rejected)
+            );
+            assert_eq!(parts.errors, whole.errors);
+            assert_eq!(parts.rejected_by_reason, whole.rejected_by_reason);
+            assert_eq!(&parts.batch, &whole.batch);
+            assert_eq!(&parts.quarantine, &whole.quarantine);
+        }
+        (Ok(None), Ok(None)) => {}
+        (Err(whole), Err(parts)) => assert_eq!(parts.to_string(), whole.to_string()),
+        (whole, parts) => panic!("one go: {whole:?}, in parts: {parts:?}"),
+    }
     let Ok(Some((batch, digest))) = result else {
         return None;
     };

@@ -50,10 +50,11 @@ pub const STAGES: [&str; 5] = ["requests", "accumulators", "rollups", "spool", "
 
 /// The stage of the pipeline a thread of sluice works for, by the thread's name: tokio's
 /// threads (async workers and the blocking pool) accept, authenticate, decompress, parse and
-/// validate requests; each table's accumulator (`acc-…`) sorts, encodes and compresses its
+/// validate requests, and the `decode-…` threads validate the later parts of large bodies;
+/// each table's accumulator (`acc-…`) sorts, encodes and compresses its
 /// inserts; each rollup's thread (`rollup-…`) folds rows into groups; the spool has one writer.
 pub fn stage_of(comm: &str) -> &'static str {
-    if comm.starts_with("tokio") {
+    if comm.starts_with("tokio") || comm.starts_with("decode-") {
         "requests"
     } else if comm.starts_with("acc-") {
         "accumulators"
@@ -493,11 +494,18 @@ mod tests {
             [
                 "tokio-rt-worker",
                 "tokio-runtime-w",
+                "decode-0",
                 "acc-edge_access",
                 "rollup-edge_acc"
             ]
             .map(stage_of),
-            ["requests", "requests", "accumulators", "rollups"]
+            [
+                "requests",
+                "requests",
+                "requests",
+                "accumulators",
+                "rollups"
+            ]
         );
         assert_eq!(
             [stage_of("spool-writer"), stage_of("sluice")],

@@ -356,7 +356,10 @@ async fn handle(
     };
     let shared_context = Arc::new(context.clone());
     let compiled = version.compiled.clone();
-    let digest = sender_batch_id.is_some();
+    let how = validate::Validation {
+        digest: sender_batch_id.is_some(),
+        part_bytes: config.ingest.decode_part_bytes,
+    };
     let validating = async {
         // At most `limits.max_concurrent_decodes` bodies are inflated at once: a bound on memory.
         let _decoding = state
@@ -372,7 +375,7 @@ async fn handle(
                 encoding,
                 content_type.as_deref(),
                 limits,
-                digest,
+                how,
             )
         })
         .await

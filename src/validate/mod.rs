@@ -817,9 +817,19 @@ pub struct BodyLimits {
     pub max_nesting_depth: usize,
 }
 
+/// How [`validate_body`] goes about one body, besides its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Validation {
+    /// Also return the digest of the decompressed body (for batch-id deduplication).
+    pub digest: bool,
+    /// An NDJSON body of at least twice this many bytes after decompression is validated in
+    /// parts of at least this size at once, up to one per CPU (`ingest.decode_part_bytes`);
+    /// 0 validates every body on one thread. The answer is the same either way.
+    pub part_bytes: usize,
+}
+
 /// Decompresses, frames and validates one body: CPU work, run it off the async workers.
 /// `None` for Logpush's destination probe (`{"content":"tests"}`).
-/// `digest`: also return the digest of the decompressed body (for batch-id deduplication).
 pub fn validate_body(
     compiled: &CompiledSchema,
     context: RequestContext,
@@ -827,7 +837,7 @@ pub fn validate_body(
     encoding: decode::ContentEncoding,
     content_type: Option<&str>,
     limits: BodyLimits,
-    digest: bool,
+    how: Validation,
 ) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
     thread_local! {
         /// The decompressed body, one buffer per decode thread: a fresh multi-megabyte vector
@@ -844,7 +854,7 @@ pub fn validate_body(
             encoding,
             content_type,
             limits,
-            digest,
+            how,
             buffer,
         );
         if buffer.capacity() > KEEP_BYTES {
@@ -862,7 +872,7 @@ fn validate_decompressed(
     encoding: decode::ContentEncoding,
     content_type: Option<&str>,
     limits: BodyLimits,
-    digest: bool,
+    how: Validation,
     buffer: &mut Vec<u8>,
 ) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
     decode::decompress_into(body, encoding, limits.max_decompressed_bytes, buffer)?;
@@ -870,7 +880,7 @@ fn validate_decompressed(
     if decode::is_logpush_probe(body) {
         return Ok(None);
     }
-    let digest = digest.then(|| crate::dedup::digest(body));
+    let digest = how.digest.then(|| crate::dedup::digest(body));
     let format = decode::body_format(content_type, body)?;
     // Structured lines hold no spaces only because their values are URL-encoded.
     context.url_encoded |= format == decode::BodyFormat::Delimited;
@@ -884,12 +894,178 @@ fn validate_decompressed(
     };
     let decoded_bytes = body.len();
     let rows = compiled.expected_rows(body, format).min(limits.max_records);
-    let mut builder = compiled.begin_sized(&context, limits.max_errors, rows, body.len());
-    decode::decode(format, body, &options, &mut builder)?;
-    let mut validated = builder.finish();
+    let parts = match format {
+        decode::BodyFormat::Ndjson => parts_of(body.len(), how.part_bytes),
+        _ => 1,
+    };
+    let in_parts = match parts {
+        1 => None,
+        _ => validate_in_parts(compiled, &context, body, &options, limits, rows, parts)?,
+    };
+    let mut validated = match in_parts {
+        Some(validated) => validated,
+        None => {
+            let mut builder = compiled.begin_sized(&context, limits.max_errors, rows, body.len());
+            decode::decode(format, body, &options, &mut builder)?;
+            builder.finish()
+        }
+    };
     validated.decoded_bytes = decoded_bytes;
     compiled.note_body(decoded_bytes, validated.accepted + validated.rejected);
     Ok(Some((validated, digest)))
+}
+
+/// How many parts a body of `bytes` is validated in: one per `part_bytes` (none when 0), at
+/// most one per CPU (the request's own thread and the part threads).
+fn parts_of(bytes: usize, part_bytes: usize) -> usize {
+    match bytes.checked_div(part_bytes) {
+        Some(parts) => parts.clamp(1, part_threads().current_num_threads() + 1),
+        None => 1,
+    }
+}
+
+/// The threads that validate the later parts of a body while the request's thread validates
+/// the first: one fewer than the CPUs, at least one, named `decode-N`.
+fn part_threads() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cpus.saturating_sub(1).max(1))
+            .thread_name(|n| format!("decode-{n}"))
+            .build()
+            .expect("the part threads start")
+    })
+}
+
+/// Validates an NDJSON body as `parts` runs of whole lines at once, the first on this thread,
+/// and joins the results as the body validated in one go would be: rows in body order, line
+/// numbers counted from the body's first line, the first `max_errors` errors. `None` when a
+/// part did not decode (a part of lines none of which is JSON, say): the caller validates
+/// the body in one go, whose answer is the reference. (What decoding counted in metrics for
+/// such a part, lines refused for their depth, is then counted twice.)
+fn validate_in_parts(
+    compiled: &CompiledSchema,
+    context: &RequestContext,
+    body: &mut [u8],
+    options: &decode::DecodeOptions<'_>,
+    limits: BodyLimits,
+    rows: usize,
+    parts: usize,
+) -> Result<Option<ValidatedBatch>, decode::DecodeError> {
+    let total = body.len();
+    let mut pieces: Vec<&mut [u8]> = Vec::with_capacity(parts);
+    let mut rest = body;
+    let mut start = 0;
+    for part in 1..parts {
+        // Each cut follows the first line end at or after its share of the body.
+        let from = (total * part / parts).max(start) - start;
+        let Some(at) = memchr::memchr(b'\n', &rest[from..]) else {
+            break;
+        };
+        let (piece, tail) = rest.split_at_mut(from + at + 1);
+        start += piece.len();
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.push(rest);
+    let rows = rows / pieces.len() + 1;
+    let validate = |piece: &mut [u8]| {
+        let mut builder = compiled.begin_sized(context, limits.max_errors, rows, piece.len());
+        let decoded = decode::decode(decode::BodyFormat::Ndjson, piece, options, &mut builder);
+        decoded.map(|summary| (summary.records, builder.finish()))
+    };
+    let validate = &validate;
+    let mut results: Vec<Option<Result<_, _>>> = pieces.iter().map(|_| None).collect();
+    part_threads().in_place_scope(|scope| {
+        let mut slots = results.iter_mut();
+        let mut pieces = pieces.into_iter();
+        let (first_slot, first_piece) = (slots.next(), pieces.next());
+        for (slot, piece) in slots.zip(pieces) {
+            scope.spawn(move |_| *slot = Some(validate(piece)));
+        }
+        if let (Some(slot), Some(piece)) = (first_slot, first_piece) {
+            *slot = Some(validate(piece));
+        }
+    });
+    let mut validated = Vec::with_capacity(results.len());
+    let mut records = 0;
+    for result in results {
+        match result.expect("every part is validated") {
+            Ok((part_records, part)) => {
+                validated.push((records, part));
+                records += part_records;
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+    if records > limits.max_records {
+        return Err(decode::DecodeError::TooManyRecords {
+            limit: limits.max_records,
+        });
+    }
+    Ok(Some(ValidatedBatch::joined(validated, limits.max_errors)))
+}
+
+impl ValidatedBatch {
+    /// The parts of one body, each with the records before it, as one batch.
+    fn joined(parts: Vec<(usize, ValidatedBatch)>, max_errors: usize) -> ValidatedBatch {
+        let schema = parts[0].1.batch.schema();
+        let quarantine_schema = parts[0].1.quarantine.schema();
+        let line = quarantine_schema
+            .index_of("line")
+            .expect("the quarantine table has a line column");
+        let mut batches = Vec::with_capacity(parts.len());
+        let mut quarantines = Vec::with_capacity(parts.len());
+        let mut joined = ValidatedBatch {
+            batch: RecordBatch::new_empty(schema.clone()),
+            quarantine: RecordBatch::new_empty(quarantine_schema.clone()),
+            accepted: 0,
+            rejected: 0,
+            errors: Vec::new(),
+            rejected_by_reason: [0; RejectReason::ALL.len()],
+            decoded_bytes: 0,
+        };
+        for (before, part) in parts {
+            joined.accepted += part.accepted;
+            joined.rejected += part.rejected;
+            for (sum, count) in joined
+                .rejected_by_reason
+                .iter_mut()
+                .zip(part.rejected_by_reason)
+            {
+                *sum += count;
+            }
+            let room = max_errors.saturating_sub(joined.errors.len());
+            joined
+                .errors
+                .extend(part.errors.into_iter().take(room).map(|error| RowError {
+                    line: error.line + before,
+                    ..error
+                }));
+            let mut quarantine = part.quarantine;
+            if before > 0 && quarantine.num_rows() > 0 {
+                let lines: &UInt32Array = quarantine
+                    .column(line)
+                    .as_any()
+                    .downcast_ref()
+                    .expect("line is UInt32");
+                let shifted =
+                    UInt32Array::from_iter_values(lines.values().iter().map(|l| l + before as u32));
+                let mut columns = quarantine.columns().to_vec();
+                columns[line] = Arc::new(shifted);
+                quarantine = RecordBatch::try_new(quarantine_schema.clone(), columns)
+                    .expect("the same columns");
+            }
+            batches.push(part.batch);
+            quarantines.push(quarantine);
+        }
+        joined.batch =
+            arrow_select::concat::concat_batches(&schema, &batches).expect("parts of one schema");
+        joined.quarantine = arrow_select::concat::concat_batches(&quarantine_schema, &quarantines)
+            .expect("parts of one schema");
+        joined
+    }
 }
 
 #[cfg(test)]

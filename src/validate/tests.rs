@@ -657,3 +657,144 @@ fn builders_are_sized_from_the_last_body() {
         226
     );
 }
+
+/// A body of `lines` DataStream 2 records with a bad one every `bad_every` lines (a wrong
+/// type, a missing field, a line that is not JSON, in turn), blank lines between some.
+fn mixed_body(lines: usize, bad_every: usize) -> Vec<u8> {
+    let good = DS2_BATCH.lines().next().unwrap();
+    let mut body = String::new();
+    for n in 1..=lines {
+        let record = good.replace("1239f220", &format!("req-{n}"));
+        let record = match (n % bad_every == 0).then_some(n / bad_every % 3) {
+            None => record,
+            Some(0) => record.replace("\"206\"", "\"abc\""),
+            Some(1) => record.replace(",\"reqHost\":\"test.hostname.net\"", ""),
+            Some(_) => format!("{{not json {n}"),
+        };
+        body.push_str(&record);
+        body.push('\n');
+        if n % 97 == 0 {
+            body.push_str("  \n");
+        }
+    }
+    body.into_bytes()
+}
+
+fn validate_whole(
+    compiled: &CompiledSchema,
+    body: &[u8],
+    limits: BodyLimits,
+    part_bytes: usize,
+) -> Result<ValidatedBatch, decode::DecodeError> {
+    let how = Validation {
+        digest: false,
+        part_bytes,
+    };
+    validate_body(
+        compiled,
+        context(),
+        body,
+        decode::ContentEncoding::Identity,
+        Some("application/x-ndjson"),
+        limits,
+        how,
+    )
+    .map(|validated| validated.expect("not a probe").0)
+}
+
+fn limits(max_records: usize, max_errors: usize) -> BodyLimits {
+    BodyLimits {
+        max_decompressed_bytes: usize::MAX,
+        max_records,
+        max_errors,
+        max_line_bytes: 1 << 20,
+        max_nesting_depth: 64,
+    }
+}
+
+#[test]
+fn a_body_validated_in_parts_is_answered_as_in_one_go() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let body = mixed_body(3_000, 7);
+    let limits = limits(10_000, 1_000);
+    let whole = validate_whole(&compiled, &body, limits, 0).unwrap();
+    assert!(parts_of(body.len(), body.len() / 3) >= 2);
+    let parts = validate_whole(&compiled, &body, limits, body.len() / 3).unwrap();
+    assert_eq!((whole.accepted, whole.rejected), (2_572, 428));
+    assert_eq!(
+        (parts.accepted, parts.rejected),
+        (whole.accepted, whole.rejected)
+    );
+    assert_eq!(parts.rejected_by_reason, whole.rejected_by_reason);
+    assert_eq!(parts.errors, whole.errors);
+    assert_eq!(parts.errors.last().unwrap().line, 2_996);
+    assert_eq!(parts.batch, whole.batch);
+    assert_eq!(parts.quarantine, whole.quarantine);
+    assert_eq!(parts.decoded_bytes, body.len());
+    // The rows keep the body's order across the cut.
+    let ids = strings(&parts, "request_id");
+    assert_eq!(ids[0].as_deref(), Some("req-1"));
+    assert_eq!(ids[2_571].as_deref(), Some("req-3000"));
+}
+
+#[test]
+fn the_errors_listed_are_the_first_ones_of_the_whole_body() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let body = mixed_body(2_000, 5);
+    let limits = limits(10_000, 3);
+    let parts = validate_whole(&compiled, &body, limits, 1 << 10).unwrap();
+    let lines: Vec<usize> = parts.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [5, 10, 15]);
+    assert_eq!(parts.rejected, 400);
+}
+
+#[test]
+fn a_body_over_the_record_limit_is_refused_in_parts_as_in_one_go() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let body = mixed_body(2_000, 5);
+    for max_records in [1_500, 900] {
+        let limits = limits(max_records, 10);
+        let whole = validate_whole(&compiled, &body, limits, 0).unwrap_err();
+        let parts = validate_whole(&compiled, &body, limits, 1 << 10).unwrap_err();
+        assert_eq!(parts.to_string(), whole.to_string());
+        assert!(
+            matches!(parts, decode::DecodeError::TooManyRecords { limit } if limit == max_records)
+        );
+    }
+}
+
+#[test]
+fn a_part_without_json_leaves_the_answer_to_the_body_as_a_whole() {
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let limits = limits(10_000, 10);
+    // The second half is not JSON at all: one go rejects those lines, it does not refuse the body.
+    let mut body = mixed_body(500, 1_000);
+    let half = body.len();
+    // Longer lines than the JSON ones: the cut in the middle falls among them.
+    let width = half / 500 + 20;
+    for n in 0..500 {
+        body.extend_from_slice(format!("not json at all {n:0>width$}\n").as_bytes());
+    }
+    let whole = validate_whole(&compiled, &body, limits, 0).unwrap();
+    let parts = validate_whole(&compiled, &body, limits, half / 2).unwrap();
+    assert_eq!((parts.accepted, parts.rejected), (500, 500));
+    assert_eq!(parts.errors, whole.errors);
+    assert_eq!(parts.batch, whole.batch);
+    assert_eq!(parts.quarantine, whole.quarantine);
+    // A body that is not JSON anywhere is refused the same way.
+    let garbage = body[half..].to_vec();
+    let whole = validate_whole(&compiled, &garbage, limits, 0).unwrap_err();
+    let parts = validate_whole(&compiled, &garbage, limits, 1 << 10).unwrap_err();
+    assert_eq!(parts.to_string(), whole.to_string());
+    assert!(parts.to_string().contains("line 1:"), "{parts}");
+}
+
+#[test]
+fn bodies_are_cut_into_at_most_one_part_per_cpu() {
+    let most = part_threads().current_num_threads() + 1;
+    assert_eq!(parts_of(1 << 20, 0), 1);
+    assert_eq!(parts_of(100, 128), 1);
+    assert_eq!(parts_of(255, 128), 1);
+    assert_eq!(parts_of(256, 128), 2.min(most));
+    assert_eq!(parts_of(1 << 30, 128), most);
+}
