@@ -1008,7 +1008,8 @@ fn validate_in_parts(
 }
 
 impl ValidatedBatch {
-    /// The parts of one body, each with the records before it, as one batch.
+    /// The parts of one body, each with the records before it, as one batch (its
+    /// `decoded_bytes` left for the caller).
     fn joined(parts: Vec<(usize, ValidatedBatch)>, max_errors: usize) -> ValidatedBatch {
         let schema = parts[0].1.batch.schema();
         let quarantine_schema = parts[0].1.quarantine.schema();
@@ -1017,32 +1018,20 @@ impl ValidatedBatch {
             .expect("the quarantine table has a line column");
         let mut batches = Vec::with_capacity(parts.len());
         let mut quarantines = Vec::with_capacity(parts.len());
-        let mut joined = ValidatedBatch {
-            batch: RecordBatch::new_empty(schema.clone()),
-            quarantine: RecordBatch::new_empty(quarantine_schema.clone()),
-            accepted: 0,
-            rejected: 0,
-            errors: Vec::new(),
-            rejected_by_reason: [0; RejectReason::ALL.len()],
-            decoded_bytes: 0,
-        };
+        let (mut accepted, mut rejected) = (0, 0);
+        let mut errors: Vec<RowError> = Vec::new();
+        let mut rejected_by_reason = [0; RejectReason::ALL.len()];
         for (before, part) in parts {
-            joined.accepted += part.accepted;
-            joined.rejected += part.rejected;
-            for (sum, count) in joined
-                .rejected_by_reason
-                .iter_mut()
-                .zip(part.rejected_by_reason)
-            {
+            accepted += part.accepted;
+            rejected += part.rejected;
+            for (sum, count) in rejected_by_reason.iter_mut().zip(part.rejected_by_reason) {
                 *sum += count;
             }
-            let room = max_errors.saturating_sub(joined.errors.len());
-            joined
-                .errors
-                .extend(part.errors.into_iter().take(room).map(|error| RowError {
-                    line: error.line + before,
-                    ..error
-                }));
+            let room = max_errors.saturating_sub(errors.len());
+            errors.extend(part.errors.into_iter().take(room).map(|error| RowError {
+                line: error.line + before,
+                ..error
+            }));
             let mut quarantine = part.quarantine;
             if before > 0 && quarantine.num_rows() > 0 {
                 let lines: &UInt32Array = quarantine
@@ -1060,11 +1049,18 @@ impl ValidatedBatch {
             batches.push(part.batch);
             quarantines.push(quarantine);
         }
-        joined.batch =
-            arrow_select::concat::concat_batches(&schema, &batches).expect("parts of one schema");
-        joined.quarantine = arrow_select::concat::concat_batches(&quarantine_schema, &quarantines)
-            .expect("parts of one schema");
-        joined
+        let concat = |schema, batches: &[RecordBatch]| {
+            arrow_select::concat::concat_batches(schema, batches).expect("parts of one schema")
+        };
+        ValidatedBatch {
+            batch: concat(&schema, &batches),
+            quarantine: concat(&quarantine_schema, &quarantines),
+            accepted,
+            rejected,
+            errors,
+            rejected_by_reason,
+            decoded_bytes: 0,
+        }
     }
 }
 
