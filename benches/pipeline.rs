@@ -1,7 +1,9 @@
 //! Criterion benches of the hot path, on generated DataStream 2-style `edge_access` traffic:
 //! decode + validate per body format (with and without gzip), gunzip alone (sluice's libdeflate
-//! path beside flate2 over zlib-rs, the reader it replaced), and Native encoding with each
-//! block compression, one batch as it is and the batches of a flush in `ORDER BY` order.
+//! path beside flate2 over zlib-rs, the reader it replaced), a gzip NDJSON body validated in one
+//! go and in parts at once (`ingest.decode_part_bytes`: wall time, the latency of one body, not
+//! its CPU), and Native encoding with each block compression, one batch as it is and the
+//! batches of a flush in `ORDER BY` order.
 
 mod common;
 
@@ -93,6 +95,50 @@ fn gunzip(c: &mut Criterion) {
             assert_eq!(out.len(), plain.len());
         })
     });
+    group.finish();
+}
+
+/// One gzip NDJSON body through `validate_body` as the ingest path calls it, in one go and in
+/// parts of 128 KiB at once (as many as there are CPUs): elements per second of wall time.
+fn validate_in_parts(c: &mut Criterion) {
+    let compiled = common::compiled();
+    let rows = Generator::new(1).edge_access(ROWS);
+    let body = generator::compress(
+        &generator::encode_access(&rows, Format::Ndjson),
+        Encoding::Gzip,
+    );
+    let limits = sluice::validate::BodyLimits {
+        max_decompressed_bytes: usize::MAX,
+        max_records: usize::MAX,
+        max_errors: 100,
+        max_line_bytes: usize::MAX,
+        max_nesting_depth: 64,
+    };
+    let mut group = c.benchmark_group("validate_body");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    for (name, part_bytes) in [("one_go", 0), ("parts_128k", 128 << 10)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let how = sluice::validate::Validation {
+                    digest: true,
+                    part_bytes,
+                };
+                let validated = sluice::validate::validate_body(
+                    &compiled,
+                    context(),
+                    &body,
+                    ContentEncoding::Gzip,
+                    Some("application/x-ndjson"),
+                    limits,
+                    how,
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(validated.0.accepted, ROWS);
+                validated
+            })
+        });
+    }
     group.finish();
 }
 
@@ -190,6 +236,6 @@ fn encode_gathered(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = decode_validate, gunzip, encode_native, encode_gathered
+    targets = decode_validate, gunzip, validate_in_parts, encode_native, encode_gathered
 }
 criterion_main!(benches);
