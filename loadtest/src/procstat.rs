@@ -50,11 +50,11 @@ pub const STAGES: [&str; 5] = ["requests", "accumulators", "rollups", "spool", "
 
 /// The stage of the pipeline a thread of sluice works for, by the thread's name: tokio's
 /// threads (async workers and the blocking pool) accept, authenticate, decompress, parse and
-/// validate requests, and the `decode-…` threads validate the later parts of large bodies;
+/// validate requests, and `decode-part` threads validate the later parts of large bodies;
 /// each table's accumulator (`acc-…`) sorts, encodes and compresses its
 /// inserts; each rollup's thread (`rollup-…`) folds rows into groups; the spool has one writer.
 pub fn stage_of(comm: &str) -> &'static str {
-    if comm.starts_with("tokio") || comm.starts_with("decode-") {
+    if comm.starts_with("tokio") || comm.starts_with("decode-part") {
         "requests"
     } else if comm.starts_with("acc-") {
         "accumulators"
@@ -494,7 +494,7 @@ mod tests {
             [
                 "tokio-rt-worker",
                 "tokio-runtime-w",
-                "decode-0",
+                "decode-part",
                 "acc-edge_access",
                 "rollup-edge_acc"
             ]

@@ -916,32 +916,19 @@ fn validate_decompressed(
 }
 
 /// How many parts a body of `bytes` is validated in: one per `part_bytes` (none when 0), at
-/// most one per CPU (the request's own thread and the part threads).
+/// most one per CPU.
 fn parts_of(bytes: usize, part_bytes: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     match bytes.checked_div(part_bytes) {
-        Some(parts) => parts.clamp(1, part_threads().current_num_threads() + 1),
+        Some(parts) => parts.clamp(1, cpus),
         None => 1,
     }
 }
 
-/// The threads that validate the later parts of a body while the request's thread validates
-/// the first: one fewer than the CPUs, at least one, named `decode-N`.
-fn part_threads() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(cpus.saturating_sub(1).max(1))
-            .thread_name(|n| format!("decode-{n}"))
-            .build()
-            .expect("the part threads start")
-    })
-}
-
 /// Validates an NDJSON body as `parts` runs of whole lines at once, the first on this thread,
-/// and joins the results as the body validated in one go would be: rows in body order, line
-/// numbers counted from the body's first line, the first `max_errors` errors. `None` when a
-/// part did not decode (a part of lines none of which is JSON, say): the caller validates
+/// the others on threads of their own (`decode-part`), and joins the results as the body
+/// validated in one go would be: rows in body order, line numbers counted from the body's
+/// first line, the first `max_errors` errors. `None` when a part did not decode (a part of lines none of which is JSON, say): the caller validates
 /// the body in one go, whose answer is the reference. (What decoding counted in metrics for
 /// such a part, lines refused for their depth, is then counted twice.)
 fn validate_in_parts(
@@ -975,28 +962,34 @@ fn validate_in_parts(
         let decoded = decode::decode(decode::BodyFormat::Ndjson, piece, options, &mut builder);
         decoded.map(|summary| (summary.records, builder.finish()))
     };
-    let validate = &validate;
-    let mut results: Vec<Option<Result<_, _>>> = pieces.iter().map(|_| None).collect();
-    part_threads().in_place_scope(|scope| {
-        let mut slots = results.iter_mut();
+    // A thread of its own for every part but the first, which this thread validates: a
+    // thread starts in tens of microseconds, a part takes milliseconds, and no part waits
+    // behind another body's as it would in a pool. `None` for a part whose thread could not
+    // start or panicked: the body is then validated in one go.
+    let results: Vec<Option<Result<_, _>>> = std::thread::scope(|scope| {
         let mut pieces = pieces.into_iter();
-        let (first_slot, first_piece) = (slots.next(), pieces.next());
-        for (slot, piece) in slots.zip(pieces) {
-            scope.spawn(move |_| *slot = Some(validate(piece)));
-        }
-        if let (Some(slot), Some(piece)) = (first_slot, first_piece) {
-            *slot = Some(validate(piece));
-        }
+        let first = pieces.next();
+        let others: Vec<_> = pieces
+            .map(|piece| {
+                std::thread::Builder::new()
+                    .name("decode-part".into())
+                    .spawn_scoped(scope, || validate(piece))
+            })
+            .collect();
+        let first = first.map(validate);
+        std::iter::once(first)
+            .chain(others.into_iter().map(|spawned| spawned.ok()?.join().ok()))
+            .collect()
     });
     let mut validated = Vec::with_capacity(results.len());
     let mut records = 0;
     for result in results {
-        match result.expect("every part is validated") {
-            Ok((part_records, part)) => {
+        match result {
+            Some(Ok((part_records, part))) => {
                 validated.push((records, part));
                 records += part_records;
             }
-            Err(_) => return Ok(None),
+            _ => return Ok(None),
         }
     }
     if records > limits.max_records {
