@@ -928,9 +928,12 @@ fn parts_of(bytes: usize, part_bytes: usize) -> usize {
 /// Validates an NDJSON body as `parts` runs of whole lines at once, the first on this thread,
 /// the others on threads of their own (`decode-part`), and joins the results as the body
 /// validated in one go would be: rows in body order, line numbers counted from the body's
-/// first line, the first `max_errors` errors. `None` when a part did not decode (a part of lines none of which is JSON, say): the caller validates
-/// the body in one go, whose answer is the reference. (What decoding counted in metrics for
-/// such a part, lines refused for their depth, is then counted twice.)
+/// first line, the first `max_errors` errors. A part none of whose lines is JSON is a part of
+/// malformed records, as those lines are in the body as a whole; only when no part has JSON is
+/// the body refused as not NDJSON. `None` when a part's thread could not start or panicked:
+/// the caller validates the body in one go, whose answer is the reference (what the parts that
+/// did decode counted in metrics, lines refused for their length or depth, is then counted
+/// twice).
 fn validate_in_parts(
     compiled: &CompiledSchema,
     context: &RequestContext,
@@ -960,13 +963,13 @@ fn validate_in_parts(
     let validate = |piece: &mut [u8]| {
         let mut builder = compiled.begin_sized(context, limits.max_errors, rows, piece.len());
         let decoded = decode::decode(decode::BodyFormat::Ndjson, piece, options, &mut builder);
-        decoded.map(|summary| (summary.records, builder.finish()))
+        (decoded, builder.finish())
     };
     // A thread of its own for every part but the first, which this thread validates: a
     // thread starts in tens of microseconds, a part takes milliseconds, and no part waits
     // behind another body's as it would in a pool. `None` for a part whose thread could not
     // start or panicked: the body is then validated in one go.
-    let results: Vec<Option<Result<_, _>>> = std::thread::scope(|scope| {
+    let results: Vec<Option<_>> = std::thread::scope(|scope| {
         let mut pieces = pieces.into_iter();
         let first = pieces.next();
         let others: Vec<_> = pieces
@@ -982,15 +985,31 @@ fn validate_in_parts(
             .collect()
     });
     let mut validated = Vec::with_capacity(results.len());
-    let mut records = 0;
+    let (mut records, mut framed, mut not_framed) = (0, false, None);
     for result in results {
-        match result {
-            Some(Ok((part_records, part))) => {
-                validated.push((records, part));
-                records += part_records;
+        let Some((decoded, part)) = result else {
+            return Ok(None);
+        };
+        let part_records = match decoded {
+            Ok(summary) => {
+                framed = true;
+                summary.records
             }
-            _ => return Ok(None),
-        }
+            // Every line of the part is a malformed record, each counted as one rejected row.
+            Err(err @ decode::DecodeError::NotFramed { .. }) => {
+                not_framed.get_or_insert(err);
+                part.accepted + part.rejected
+            }
+            // More records in a part than in the whole body allowed.
+            Err(err) => return Err(err),
+        };
+        validated.push((records, part));
+        records += part_records;
+    }
+    // No line of any part is JSON: the first part's first line is the body's first line, so
+    // its refusal is the body's.
+    if let (false, Some(err)) = (framed, not_framed) {
+        return Err(err);
     }
     if records > limits.max_records {
         return Err(decode::DecodeError::TooManyRecords {

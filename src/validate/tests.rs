@@ -766,7 +766,7 @@ fn a_body_over_the_record_limit_is_refused_in_parts_as_in_one_go() {
 }
 
 #[test]
-fn a_part_without_json_leaves_the_answer_to_the_body_as_a_whole() {
+fn a_part_without_json_is_a_part_of_malformed_records() {
     let compiled = compiled("edge_access", &StreamOptions::default());
     let limits = limits(10_000, 10);
     // The second half is not JSON at all: one go rejects those lines, it does not refuse the body.
@@ -789,6 +789,49 @@ fn a_part_without_json_leaves_the_answer_to_the_body_as_a_whole() {
     let parts = validate_whole(&compiled, &garbage, limits, 1 << 10).unwrap_err();
     assert_eq!(parts.to_string(), whole.to_string());
     assert!(parts.to_string().contains("line 1:"), "{parts}");
+}
+
+#[test]
+fn lines_refused_in_parts_are_counted_once() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let limits = BodyLimits {
+        max_nesting_depth: 3,
+        ..limits(10_000, 10)
+    };
+    // Five lines too deep at the start (in the first part, which this thread validates),
+    // JSON records, then a second half of lines that are not JSON at all.
+    let mut body = "{\"a\":[[[1]]]}\n".repeat(5).into_bytes();
+    body.extend(mixed_body(500, 1_000));
+    let half = body.len();
+    let width = half / 500 + 20;
+    for n in 0..500 {
+        body.extend_from_slice(format!("not json at all {n:0>width$}\n").as_bytes());
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let parts = metrics::with_local_recorder(&recorder, || {
+        validate_whole(&compiled, &body, limits, half / 2).unwrap()
+    });
+    let whole = validate_whole(&compiled, &body, limits, 0).unwrap();
+    assert_eq!((parts.accepted, parts.rejected), (500, 505));
+    assert_eq!(parts.errors, whole.errors);
+    assert_eq!(parts.quarantine, whole.quarantine);
+    let too_deep: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            let key = key.key();
+            key.name() == "sluice_limit_refusals_total"
+                && key.labels().any(|label| label.value() == "nesting_depth")
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(too_deep, 5);
 }
 
 #[test]
