@@ -323,7 +323,12 @@ impl RollupState {
     /// their group key, so that a group's entry and states are loaded once per run of its rows)
     /// was tried: the rollup thread's CPU per row rose from 448–499 to 549–573 ns in the gzip
     /// load test (two runs each) — the sort costs more than the locality saves, since a row's
-    /// distinct value and quantile bin are a random access in any order.
+    /// distinct value and quantile bin are a random access in any order. Resolving the groups
+    /// of 64 rows first, then folding them with each row's measure states prefetched 8 rows
+    /// ahead, was tried too: no measurable gain folding 1.2 million rows into 20,852 groups
+    /// (317–521 ns per row before, 335–428 after, two runs of five rounds each) — the misses
+    /// that remain are inside the distinct sets and quantile maps, whose slots a prefetch
+    /// cannot name before the state is loaded.
     pub fn fold(&mut self, batch: &RecordBatch, now: u64) {
         let rollup = self.rollup.clone();
         let columns = batch.columns();
