@@ -319,8 +319,8 @@ pub struct ClickHouseConfig {
     /// Create the database and tables at start (needs admin rights).
     #[serde(default)]
     pub apply_schema: bool,
-    /// Block compression of inserts: `lz4` (cheapest for the server), `zstd` (fewest bytes) or
-    /// `none`.
+    /// Block compression of inserts: `lz4` (cheapest for the server across a network), `zstd`
+    /// (fewest bytes) or `none` (a ClickHouse on the same host: no CPU on either side).
     #[serde(default = "default_compression")]
     pub compression: Compression,
     /// zstd level when `compression = "zstd"`.
