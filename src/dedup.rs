@@ -5,7 +5,8 @@
 //! same digest is a duplicate (answered 200 `"duplicate": true`, nothing stored); with another
 //! digest it is a conflict (409). Only batches answered 200 count: a claim that does not commit
 //! is released. A retry that arrives while the first attempt is still running waits for its
-//! outcome. Spool replay commits the ids of the batches it delivers: a crash may have come
+//! outcome; one that arrives after it ([`DedupStore::stored_digest`]) is answered without being
+//! spooled. Spool replay commits the ids of the batches it delivers: a crash may have come
 //! between a batch's spool append and its commit.
 //!
 //! Committed entries are appended to `dedup.log` (one text line each: unix time, digest,
@@ -175,6 +176,23 @@ impl DedupStore {
         }
     }
 
+    /// The digest of the batch stored under this id within the window, if one was: a request
+    /// that comes with it can only be a duplicate or a conflict, whatever happens to the id
+    /// while it is validated, so it need not be spooled first.
+    pub fn stored_digest(&self, principal: &str, stream: &str, batch_id: &str) -> Option<Digest> {
+        let key = Key {
+            principal: principal.to_string(),
+            stream: stream.to_string(),
+            batch_id: batch_id.to_string(),
+        };
+        let mut inner = self.inner.lock().unwrap();
+        self.expire(&mut inner, unix_now());
+        match inner.entries.get(&key) {
+            Some(Entry::Done { digest, .. }) => Some(*digest),
+            Some(Entry::InFlight(_)) | None => None,
+        }
+    }
+
     fn is_in_flight(&self, key: &Key) -> bool {
         matches!(
             self.inner.lock().unwrap().entries.get(key),
@@ -312,7 +330,11 @@ mod tests {
             let Claim::New(guard) = store.claim("p", "s", "1", a).await else {
                 panic!()
             };
+            // Only a stored batch has a digest to compare with; one in flight has none yet.
+            assert_eq!(store.stored_digest("p", "s", "1"), None);
             guard.commit();
+            assert_eq!(store.stored_digest("p", "s", "1"), Some(a));
+            assert_eq!(store.stored_digest("p", "t", "1"), None);
             assert!(matches!(
                 store.claim("p", "s", "1", a).await,
                 Claim::Duplicate

@@ -322,7 +322,15 @@ async fn handle(
     // With `ingest.ack = "spool"` the body is appended to the spool while it is validated: the
     // disk's sync and the CPU's work overlap. A batch refused after all is voided (durably)
     // before the refusal is answered.
+    // A batch id stored before: the request is a duplicate or a conflict, answered once its
+    // digest is known, and never stored, so it is not spooled (a retry storm costs no disk).
+    let stored_digest = sender_batch_id.and_then(|_| {
+        state
+            .dedup
+            .stored_digest(principal.name(), stream, &batch_id)
+    });
     let spool = match config.ingest.ack {
+        AckMode::Spool if stored_digest.is_some() => None,
         AckMode::Spool => Some(
             state
                 .spool
@@ -461,14 +469,19 @@ async fn handle(
                 duplicate: false,
             })
         };
-        let claim = match digest.filter(|_| accepted > 0) {
-            Some(digest) => Some(
+        let claim = match (digest, stored_digest) {
+            (Some(digest), Some(stored)) if digest == stored => Some(Claim::Duplicate),
+            (Some(_), Some(_)) => Some(Claim::Conflict),
+            (Some(digest), None) if accepted > 0 => Some(
                 state
                     .dedup
                     .claim(principal.name(), stream, &batch_id, digest)
                     .await,
             ),
-            None => None,
+            // A stored digest comes only with a sender's batch id, whose body is always
+            // digested: this request was not spooled and must not be stored.
+            (None, Some(_)) => return Err(ApiError::Internal),
+            (_, None) => None,
         };
         let claim = match claim {
             Some(Claim::Duplicate) => {
