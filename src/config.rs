@@ -193,8 +193,10 @@ pub struct Limits {
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// How long a request whose stream is at `max_in_flight_bytes` (or its queue is full) waits
-    /// for room before it is decoded, in milliseconds; then 503. Waiting slows senders to the
-    /// rate ClickHouse takes instead of answering them 503 at once; 0 refuses at once.
+    /// for room, in milliseconds; then 503. It waits before it is decoded, and for what is left
+    /// of this once it is validated if other requests took the room meanwhile. Waiting slows
+    /// senders to the rate ClickHouse takes instead of answering them 503 at once; 0 refuses at
+    /// once.
     #[serde(default = "default_overload_wait_ms")]
     pub overload_wait_ms: u64,
     /// Bodies decompressed and validated at once (each up to `max_decompressed_bytes`); more

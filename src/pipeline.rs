@@ -431,7 +431,8 @@ impl StreamVersion {
             || self.memory.available_permits() < (self.memory_total_kib as usize).div_ceil(16)
     }
 
-    /// Waits for a place in the queue and memory (spool replay at start).
+    /// Waits for a place in the queue and memory (spool replay at start; a validated request
+    /// under a timeout).
     pub async fn reserve_waiting(&self, bytes: usize) -> Reservation {
         let queue = self.capacity.clone().acquire_owned().await;
         let memory = self

@@ -624,6 +624,8 @@ async fn in_flight_memory_is_bounded() {
         config.clickhouse.apply_schema = false;
         config.clickhouse.insert_attempts = 1000;
         config.limits.max_in_flight_bytes = 400_000;
+        // Refused at once rather than after a second's wait for room that never comes.
+        config.limits.overload_wait_ms = 0;
     })
     .await;
     let client = server.client(Some("client-a"));
@@ -654,6 +656,45 @@ async fn in_flight_memory_is_bounded() {
         accepted < 10,
         "at most ~400 KB of rows are held: {statuses:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validated_batch_waits_for_room_instead_of_a_503() {
+    // Room for one batch at a time (a batch larger than the bound passes alone): batches sent
+    // at once find the room free before they are decoded, and all but one find it taken once
+    // they are validated. Each waits for the one before it to reach ClickHouse.
+    let server = common::server::TestServer::start_with("room_wait", "", |config| {
+        config.ingest.ack = sluice::config::AckMode::Memory;
+        config.limits.max_in_flight_bytes = 1024;
+        config.limits.overload_wait_ms = 20_000;
+        config.batch.max_age_ms = 20;
+    })
+    .await;
+    let client = server.client(Some("client-a"));
+    let url = server.url("edge_access");
+    let posts: Vec<_> = (0..4)
+        .map(|seed| {
+            let rows = Generator::new(seed).edge_access(500);
+            let body = generator::encode_access(&rows, Format::Ndjson);
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                common::server::post(&client, &url, "application/x-ndjson", None, body).await
+            })
+        })
+        .collect();
+    for post in posts {
+        let (status, answer) = post.await.unwrap();
+        assert_eq!(
+            (status, answer["accepted"].as_u64()),
+            (200, Some(500)),
+            "{answer}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.clickhouse.count("edge_access").await < 2_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.clickhouse.count("edge_access").await, 2_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

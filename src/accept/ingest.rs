@@ -286,13 +286,16 @@ async fn handle(
     seen.wire_bytes = bytes.len();
     // Under overload, wait for room before decoding, then refuse: the CPU goes to the inserts
     // that drain the backlog, not to bodies that would be refused after all.
+    let overload_wait = Duration::from_millis(config.limits.overload_wait_ms);
     let waiting_since = Instant::now();
     while version.saturated() {
-        if waiting_since.elapsed() >= Duration::from_millis(config.limits.overload_wait_ms) {
+        if waiting_since.elapsed() >= overload_wait {
             return Err(submit_error(SubmitError::Overloaded));
         }
         tokio::time::sleep(OVERLOAD_POLL).await;
     }
+    // What is left of the wait for room once the body is validated.
+    let overload_wait = overload_wait.saturating_sub(waiting_since.elapsed());
     if verified.signed() {
         let body_hash = if bytes.len() <= SIGNATURE_HASH_INLINE_BYTES {
             signature::body_hash(&bytes)
@@ -503,10 +506,16 @@ async fn handle(
             None => None,
         };
         // Accepted and rejected rows (the latter to the quarantine table) travel together: both
-        // are acknowledged the same way.
-        let reservation = version
-            .reserve(batch.get_array_memory_size() + quarantine.get_array_memory_size())
-            .map_err(submit_error)?;
+        // are acknowledged the same way. Room taken by other requests since the check before
+        // decoding is waited for (what is left of `overload_wait_ms`) rather than the validated
+        // rows thrown away with a 503.
+        let bytes = batch.get_array_memory_size() + quarantine.get_array_memory_size();
+        let reservation = match version.reserve(bytes) {
+            Ok(reservation) => reservation,
+            Err(_) => tokio::time::timeout(overload_wait, version.reserve_waiting(bytes))
+                .await
+                .map_err(|_| submit_error(SubmitError::Overloaded))?,
+        };
         Ok(Verdict::Store(Delivery {
             batch,
             quarantine,
