@@ -194,7 +194,8 @@ pub struct Limits {
     pub max_in_flight_bytes: usize,
     /// How long a request whose stream is at `max_in_flight_bytes` (or its queue is full) waits
     /// for room, in milliseconds; then 503. It waits before it is decoded, and for what is left
-    /// of this once it is validated if other requests took the room meanwhile. Waiting slows
+    /// of this once it is validated if other requests took the room meanwhile (holding one of
+    /// the `max_concurrent_decodes` places, if one is free; else 503 at once). Waiting slows
     /// senders to the rate ClickHouse takes instead of answering them 503 at once; 0 refuses at
     /// once.
     #[serde(default = "default_overload_wait_ms")]

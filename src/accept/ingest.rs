@@ -322,9 +322,6 @@ async fn handle(
             .unwrap_or(0),
         url_encoded: principal.config.url_encoded,
     };
-    // With `ingest.ack = "spool"` the body is appended to the spool while it is validated: the
-    // disk's sync and the CPU's work overlap. A batch refused after all is voided (durably)
-    // before the refusal is answered.
     // A batch id stored before: the request is a duplicate or a conflict, answered once its
     // digest is known, and never stored, so it is not spooled (a retry storm costs no disk).
     let stored_digest = sender_batch_id.and_then(|_| {
@@ -332,6 +329,9 @@ async fn handle(
             .dedup
             .stored_digest(principal.name(), stream, &batch_id)
     });
+    // With `ingest.ack = "spool"` the body is appended to the spool while it is validated: the
+    // disk's sync and the CPU's work overlap. A batch refused after all is voided (durably)
+    // before the refusal is answered.
     let spool = match config.ingest.ack {
         AckMode::Spool if stored_digest.is_some() => None,
         AckMode::Spool => Some(
@@ -508,13 +508,19 @@ async fn handle(
         // Accepted and rejected rows (the latter to the quarantine table) travel together: both
         // are acknowledged the same way. Room taken by other requests since the check before
         // decoding is waited for (what is left of `overload_wait_ms`) rather than the validated
-        // rows thrown away with a 503.
+        // rows thrown away with a 503 — holding a decode place, so that the rows waiting count
+        // against `max_concurrent_decodes` as they did while decoded; with none free, 503.
         let bytes = batch.get_array_memory_size() + quarantine.get_array_memory_size();
         let reservation = match version.reserve(bytes) {
             Ok(reservation) => reservation,
-            Err(_) => tokio::time::timeout(overload_wait, version.reserve_waiting(bytes))
-                .await
-                .map_err(|_| submit_error(SubmitError::Overloaded))?,
+            Err(err) => {
+                let Ok(_place) = state.decodes.try_acquire() else {
+                    return Err(submit_error(err));
+                };
+                tokio::time::timeout(overload_wait, version.reserve_waiting(bytes))
+                    .await
+                    .map_err(|_| submit_error(SubmitError::Overloaded))?
+            }
         };
         Ok(Verdict::Store(Delivery {
             batch,
