@@ -922,8 +922,6 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     );
     let syncs = metric(&sluice, "sluice_spool_fsync_seconds_count").await;
     assert_eq!(syncs, Some(1.0), "one append, the stored batch's, one sync");
-    // Each of these is appended to the spool while it is validated, then refused: each must
-    // be voided before its answer.
     // A batch whose every row is rejected is answered 422 and delivered to the quarantine
     // table: its record stays.
     let (status, answer) = post(&client, &url, br#"{"reqId":"r7"}"#.to_vec(), &[]).await;
@@ -931,6 +929,8 @@ async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
         (status, answer["code"].as_str()),
         (422, Some("all_rows_rejected"))
     );
+    // Each of these is appended to the spool while it is validated, then refused: each must
+    // be voided before its answer.
     let refusals = [
         (
             other.clone(),
