@@ -40,6 +40,16 @@ struct Key {
     batch_id: String,
 }
 
+impl Key {
+    fn new(principal: &str, stream: &str, batch_id: &str) -> Key {
+        Key {
+            principal: principal.to_string(),
+            stream: stream.to_string(),
+            batch_id: batch_id.to_string(),
+        }
+    }
+}
+
 enum Entry {
     /// A first attempt is running; retries wait on the notify.
     InFlight(Arc<Notify>),
@@ -136,11 +146,7 @@ impl DedupStore {
         batch_id: &str,
         digest: Digest,
     ) -> Claim<'_> {
-        let key = Key {
-            principal: principal.to_string(),
-            stream: stream.to_string(),
-            batch_id: batch_id.to_string(),
-        };
+        let key = Key::new(principal, stream, batch_id);
         loop {
             let waiting = {
                 let mut inner = self.inner.lock().unwrap();
@@ -180,11 +186,7 @@ impl DedupStore {
     /// that comes with it can only be a duplicate or a conflict, whatever happens to the id
     /// while it is validated, so it need not be spooled first.
     pub fn stored_digest(&self, principal: &str, stream: &str, batch_id: &str) -> Option<Digest> {
-        let key = Key {
-            principal: principal.to_string(),
-            stream: stream.to_string(),
-            batch_id: batch_id.to_string(),
-        };
+        let key = Key::new(principal, stream, batch_id);
         let mut inner = self.inner.lock().unwrap();
         self.expire(&mut inner, unix_now());
         match inner.entries.get(&key) {
@@ -286,11 +288,8 @@ fn parse_line(line: &str) -> Option<(u64, Key, Digest)> {
     for (i, byte) in digest.iter_mut().enumerate() {
         *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
-    let key = Key {
-        principal: fields.next()?.to_string(),
-        stream: fields.next()?.to_string(),
-        batch_id: fields.next()?.to_string(),
-    };
+    let (principal, stream, batch_id) = (fields.next()?, fields.next()?, fields.next()?);
+    let key = Key::new(principal, stream, batch_id);
     fields.next().is_none().then_some((at, key, digest))
 }
 

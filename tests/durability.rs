@@ -661,8 +661,9 @@ async fn in_flight_memory_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validated_batch_waits_for_room_instead_of_a_503() {
     // Room for one batch at a time (a batch larger than the bound passes alone): batches sent
-    // at once find the room free before they are decoded, and all but one find it taken once
-    // they are validated. Each waits for the one before it to reach ClickHouse.
+    // at once find the room free before they are decoded (5,000 rows take milliseconds to
+    // validate, so all have arrived before the first takes the room), and all but one find it
+    // taken once they are validated. Each waits for the one before it to reach ClickHouse.
     let server = common::server::TestServer::start_with("room_wait", "", |config| {
         config.ingest.ack = sluice::config::AckMode::Memory;
         config.limits.max_in_flight_bytes = 1024;
@@ -674,7 +675,7 @@ async fn a_validated_batch_waits_for_room_instead_of_a_503() {
     let url = server.url("edge_access");
     let posts: Vec<_> = (0..4)
         .map(|seed| {
-            let rows = Generator::new(seed).edge_access(500);
+            let rows = Generator::new(seed).edge_access(5_000);
             let body = generator::encode_access(&rows, Format::Ndjson);
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
@@ -686,15 +687,15 @@ async fn a_validated_batch_waits_for_room_instead_of_a_503() {
         let (status, answer) = post.await.unwrap();
         assert_eq!(
             (status, answer["accepted"].as_u64()),
-            (200, Some(500)),
+            (200, Some(5_000)),
             "{answer}"
         );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.clickhouse.count("edge_access").await < 2_000 && Instant::now() < deadline {
+    while server.clickhouse.count("edge_access").await < 20_000 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(server.clickhouse.count("edge_access").await, 2_000);
+    assert_eq!(server.clickhouse.count("edge_access").await, 20_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
