@@ -537,9 +537,10 @@ impl StreamVersion {
 
 /// Lowers the calling thread's scheduling priority (nice +10, Linux: per thread). The
 /// accumulator and rollup threads sort, encode and compress whole inserts, bursts of 100 ms
-/// and more; requests waiting for their answer should not queue behind them for a core. The
-/// rows still get out: a lower priority only yields a busy core, it never starves.
-fn yield_to_requests() {
+/// and more (and the binary's allocator purger hands back tens of MiB at a time); requests
+/// waiting for their answer should not queue behind them for a core. The work still gets
+/// done: a lower priority only yields a busy core, it never starves.
+pub fn yield_to_requests() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on this thread's own id; a failure leaves the priority as is.
     unsafe {
