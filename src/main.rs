@@ -50,6 +50,10 @@ fn start_purger() {
         .name("mem-purge".to_string())
         .spawn(|| {
             sluice::pipeline::yield_to_requests();
+            // `mi_collect` works through the calling thread's heap and returns at once, arenas
+            // unpurged, on a thread that has none yet.
+            // SAFETY: initializes this thread's mimalloc state; a no-op when already done.
+            unsafe { libmimalloc_sys::mi_thread_init() };
             loop {
                 std::thread::sleep(PURGE_EVERY);
                 // SAFETY: mimalloc's collection is safe from any thread at any time.
