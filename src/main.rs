@@ -33,15 +33,15 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// allocated by the request threads and freed by the accumulators, so with a purge delay alone
 /// the pages of an insert's rows (64 MiB) were handed back by the next request to allocate:
 /// 5–11 ms of `madvise` inside a validation that takes 2–3 ms, about once per insert (32 of
-/// 4,440 requests in a paced load test; none with the purger). The purger forces the purge, and mimalloc's own delay stays at its
-/// default 1 s, which the purger always beats (a request thread purges only when the purger
-/// has not run for a second). How often to purge was measured with the delay alone: with 1 s a
-/// thread that goes idle after a batch keeps its pages until it allocates again, ~300 MiB RSS
-/// after a burst and ~390 MiB peak RSS under load; purging at once (0 ms) kept the peak near
-/// 210 MiB but spent ~6 % of sluice's CPU faulting the same pages back in; in one load test
-/// each, 20 ms gave 190k events per CPU-second at 232 MiB peak RSS against 179k at 212 MiB,
-/// and 50 ms 204k at 251 MiB. mimalloc's own `MIMALLOC_PURGE_DELAY` (milliseconds), when set,
-/// wins: then there is no purger.
+/// 4,440 requests in a paced load test; none with the purger). The purger forces the purge,
+/// and mimalloc's own delay stays at its default 1 s, which the purger always beats (a request
+/// thread purges only when the purger has not run for a second). How often to purge was
+/// measured with the delay alone: with 1 s a thread that goes idle after a batch keeps its
+/// pages until it allocates again, ~300 MiB RSS after a burst and ~390 MiB peak RSS under load;
+/// purging at once (0 ms) kept the peak near 210 MiB but spent ~6 % of sluice's CPU faulting
+/// the same pages back in; in one load test each, 20 ms gave 190k events per CPU-second at
+/// 232 MiB peak RSS against 179k at 212 MiB, and 50 ms 204k at 251 MiB. mimalloc's own
+/// `MIMALLOC_PURGE_DELAY` (milliseconds), when set, wins: then there is no purger.
 fn start_purger() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
@@ -296,6 +296,7 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
     use std::time::{Duration, Instant};
 
     /// Resident bytes of this process.
