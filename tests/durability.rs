@@ -664,19 +664,33 @@ async fn a_validated_batch_waits_for_room_instead_of_a_503() {
     // at once find the room free before they are decoded (5,000 rows take milliseconds to
     // validate, so all have arrived before the first takes the room), and all but one find it
     // taken once they are validated. Each waits for the one before it to reach ClickHouse.
-    let server = common::server::TestServer::start_with("room_wait", "", |config| {
-        config.ingest.ack = sluice::config::AckMode::Memory;
-        config.limits.max_in_flight_bytes = 1024;
-        config.limits.overload_wait_ms = 20_000;
-        config.batch.max_age_ms = 20;
-    })
+    // The only test of this binary with a recorder: the waits it counts are its own.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let server = common::server::TestServer::start_with_metrics(
+        "room_wait",
+        "",
+        |config| {
+            config.ingest.ack = sluice::config::AckMode::Memory;
+            config.limits.max_in_flight_bytes = 1024;
+            config.limits.overload_wait_ms = 20_000;
+            config.batch.max_age_ms = 20;
+        },
+        Some(recorder.clone()),
+    )
     .await;
     let client = server.client(Some("client-a"));
     let url = server.url("edge_access");
-    let posts: Vec<_> = (0..4)
+    // Every body is made before the first is sent, so that they are sent at once.
+    let bodies: Vec<_> = (0..4)
         .map(|seed| {
-            let rows = Generator::new(seed).edge_access(5_000);
-            let body = generator::encode_access(&rows, Format::Ndjson);
+            generator::encode_access(&Generator::new(seed).edge_access(5_000), Format::Ndjson)
+        })
+        .collect();
+    let posts: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 common::server::post(&client, &url, "application/x-ndjson", None, body).await
@@ -696,6 +710,23 @@ async fn a_validated_batch_waits_for_room_instead_of_a_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(server.clickhouse.count("edge_access").await, 20_000);
+    // Three of the four waited for room, each once or twice (on arrival, once validated):
+    // `sluice_in_flight_wait_seconds` counts every wait.
+    let rendered = recorder.render();
+    let waits = |at: &str| -> u64 {
+        rendered
+            .lines()
+            .filter(|line| {
+                line.starts_with("sluice_in_flight_wait_seconds_count")
+                    && line.contains(&format!("at=\"{at}\""))
+            })
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(
+        (3..=6).contains(&(waits("arrival") + waits("validated"))),
+        "{rendered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

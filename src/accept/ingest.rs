@@ -288,11 +288,19 @@ async fn handle(
     // that drain the backlog, not to bodies that would be refused after all.
     let overload_wait = Duration::from_millis(config.limits.overload_wait_ms);
     let waiting_since = Instant::now();
-    while version.saturated() {
-        if waiting_since.elapsed() >= overload_wait {
-            return Err(submit_error(SubmitError::Overloaded));
+    if version.saturated() {
+        let waited = async {
+            while version.saturated() {
+                if waiting_since.elapsed() >= overload_wait {
+                    return Err(submit_error(SubmitError::Overloaded));
+                }
+                tokio::time::sleep(OVERLOAD_POLL).await;
+            }
+            Ok(())
         }
-        tokio::time::sleep(OVERLOAD_POLL).await;
+        .await;
+        record_in_flight_wait(stream, "arrival", waiting_since);
+        waited?;
     }
     // What is left of the wait for room once the body is validated.
     let overload_wait = overload_wait.saturating_sub(waiting_since.elapsed());
@@ -517,9 +525,11 @@ async fn handle(
                 let Ok(_place) = state.decodes.try_acquire() else {
                     return Err(submit_error(err));
                 };
-                tokio::time::timeout(overload_wait, version.reserve_waiting(bytes))
-                    .await
-                    .map_err(|_| submit_error(SubmitError::Overloaded))?
+                let since = Instant::now();
+                let waited =
+                    tokio::time::timeout(overload_wait, version.reserve_waiting(bytes)).await;
+                record_in_flight_wait(stream, "validated", since);
+                waited.map_err(|_| submit_error(SubmitError::Overloaded))?
             }
         };
         Ok(Verdict::Store(Delivery {
@@ -578,6 +588,13 @@ async fn handle(
         claim.commit();
     }
     answer
+}
+
+/// How long a request waited for in-flight room (`sluice_in_flight_wait_seconds`), whether
+/// it got it or was then refused: `at` is `arrival` (before decoding) or `validated`.
+fn record_in_flight_wait(stream: &str, at: &'static str, since: Instant) {
+    metrics::histogram!("sluice_in_flight_wait_seconds", "stream" => stream.to_string(), "at" => at)
+        .record(since.elapsed().as_secs_f64());
 }
 
 /// Voids the spool record of a batch that is answered without being delivered: until the void
