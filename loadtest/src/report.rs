@@ -307,7 +307,8 @@ fn insert_after(rows: &mut Vec<(String, String)>, after: &str, (name, text): (&s
     rows.insert(at, (name.to_string(), text));
 }
 
-/// sluice's own histograms: `requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); spool syncs …`.
+/// sluice's own histograms: `requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); spool syncs …;
+/// waits for room …`.
 fn server_side_line(side: &crate::server_metrics::ServerSide) -> String {
     let syncs = if side.syncs == 0 {
         "no spool syncs".to_string()
@@ -319,8 +320,17 @@ fn server_side_line(side: &crate::server_metrics::ServerSide) -> String {
             thousands(side.syncs as f64)
         )
     };
+    let waits = if side.room_waits == 0 {
+        "no waits for in-flight room".to_string()
+    } else {
+        format!(
+            "waits for in-flight room {} ({} % over 10 ms)",
+            thousands(side.room_waits as f64),
+            opt(side.room_waits_over_10ms_pct, 1)
+        )
+    };
     format!(
-        "requests over 5 ms {} %, over 10 ms {} % ({}); {syncs}",
+        "requests over 5 ms {} %, over 10 ms {} % ({}); {syncs}; {waits}",
         opt(side.requests_over_5ms_pct, 1),
         opt(side.requests_over_10ms_pct, 1),
         thousands(side.requests as f64)
@@ -1071,6 +1081,8 @@ mod tests {
             syncs: 4420,
             syncs_over_5ms_pct: Some(2.2),
             syncs_over_10ms_pct: Some(0.4),
+            room_waits: 8,
+            room_waits_over_10ms_pct: Some(100.0),
         });
         let text = summary_table(&r);
         let after_latency = text
@@ -1081,12 +1093,14 @@ mod tests {
             after_latency,
             Some(
                 "in sluice        requests over 5 ms 11.9 %, over 10 ms 3.6 % (4,500); \
-                 spool syncs over 5 ms 2.2 %, over 10 ms 0.4 % (4,420)"
+                 spool syncs over 5 ms 2.2 %, over 10 ms 0.4 % (4,420); \
+                 waits for in-flight room 8 (100.0 % over 10 ms)"
             ),
             "{text}"
         );
-        r.server_side.as_mut().unwrap().syncs = 0;
-        assert!(summary_table(&r).contains("(4,500); no spool syncs"));
+        let side = r.server_side.as_mut().unwrap();
+        (side.syncs, side.room_waits) = (0, 0);
+        assert!(summary_table(&r).contains("(4,500); no spool syncs; no waits for in-flight room"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! sluice's own view of a run, from its Prometheus endpoint (`[target] metrics_url`) read
-//! before and after the load: how long requests took inside sluice (`sluice_request_seconds`)
-//! and how long the spool's segment syncs took (`sluice_spool_fsync_seconds`). Next to the
-//! latency the harness sees, it tells a slow tail spent in sluice from one spent in the network
-//! or the harness, and a disk's share of it from the CPU's.
+//! before and after the load: how long requests took inside sluice (`sluice_request_seconds`),
+//! how long the spool's segment syncs took (`sluice_spool_fsync_seconds`), and how often
+//! requests waited for in-flight room (`sluice_in_flight_wait_seconds`). Next to the latency
+//! the harness sees, it tells a slow tail spent in sluice from one spent in the network or the
+//! harness, and a disk's or the memory bound's share of it from the CPU's.
 //!
 //! Histograms give counts per bucket only, so shares are of observations above a bucket bound
 //! (sluice's buckets for seconds start 1 ms, 5 ms, 10 ms, 50 ms).
@@ -89,6 +90,10 @@ pub struct ServerSide {
     pub syncs: u64,
     pub syncs_over_5ms_pct: Option<f64>,
     pub syncs_over_10ms_pct: Option<f64>,
+    /// Waits for in-flight room (`limits.max_in_flight_bytes`): a request can wait on arrival
+    /// and again once validated.
+    pub room_waits: u64,
+    pub room_waits_over_10ms_pct: Option<f64>,
 }
 
 impl ServerSide {
@@ -97,6 +102,7 @@ impl ServerSide {
         let window = |name: &str| delta(&histogram(before, name), &histogram(after, name));
         let requests = window("sluice_request_seconds");
         let syncs = window("sluice_spool_fsync_seconds");
+        let waits = window("sluice_in_flight_wait_seconds");
         ServerSide {
             requests: count(&requests) as u64,
             requests_over_5ms_pct: pct_above(&requests, 0.005),
@@ -104,6 +110,8 @@ impl ServerSide {
             syncs: count(&syncs) as u64,
             syncs_over_5ms_pct: pct_above(&syncs, 0.005),
             syncs_over_10ms_pct: pct_above(&syncs, 0.01),
+            room_waits: count(&waits) as u64,
+            room_waits_over_10ms_pct: pct_above(&waits, 0.01),
         }
     }
 }
@@ -149,6 +157,8 @@ sluice_spool_fsync_seconds_bucket{le=\"0.001\"} 50
 sluice_spool_fsync_seconds_bucket{le=\"0.005\"} 90
 sluice_spool_fsync_seconds_bucket{le=\"0.01\"} 99
 sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 100
+sluice_in_flight_wait_seconds_bucket{stream=\"edge_access\",at=\"arrival\",le=\"0.01\"} 3
+sluice_in_flight_wait_seconds_bucket{stream=\"edge_access\",at=\"arrival\",le=\"+Inf\"} 4
 ";
 
     #[test]
@@ -173,6 +183,8 @@ sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 100
                 syncs: 100,
                 syncs_over_5ms_pct: Some(10.0),
                 syncs_over_10ms_pct: Some(1.0),
+                room_waits: 4,
+                room_waits_over_10ms_pct: Some(25.0),
             }
         );
         let nothing = ServerSide::between(AFTER, AFTER);
