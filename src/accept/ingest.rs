@@ -289,18 +289,17 @@ async fn handle(
     let overload_wait = Duration::from_millis(config.limits.overload_wait_ms);
     let waiting_since = Instant::now();
     if version.saturated() {
-        let waited = async {
-            while version.saturated() {
-                if waiting_since.elapsed() >= overload_wait {
-                    return Err(submit_error(SubmitError::Overloaded));
-                }
-                tokio::time::sleep(OVERLOAD_POLL).await;
+        let room = loop {
+            if !version.saturated() {
+                break Ok(());
             }
-            Ok(())
-        }
-        .await;
+            if waiting_since.elapsed() >= overload_wait {
+                break Err(submit_error(SubmitError::Overloaded));
+            }
+            tokio::time::sleep(OVERLOAD_POLL).await;
+        };
         record_in_flight_wait(stream, "arrival", waiting_since);
-        waited?;
+        room?;
     }
     // What is left of the wait for room once the body is validated.
     let overload_wait = overload_wait.saturating_sub(waiting_since.elapsed());
