@@ -129,6 +129,16 @@ pub struct IngestConfig {
     /// default: 0 validates every body on one thread.
     #[serde(default)]
     pub decode_part_bytes: usize,
+    /// A body of at most this many bytes, as received and once inflated, is validated on the
+    /// async worker that read it rather than handed to a blocking thread and back (two thread
+    /// wake-ups, more CPU than the validation of a few dozen rows). The bound is how long a
+    /// worker may be kept from its other connections; 0 sends every body to a blocking thread.
+    #[serde(default = "default_inline_decode_bytes")]
+    pub inline_decode_bytes: usize,
+}
+
+fn default_inline_decode_bytes() -> usize {
+    64 << 10
 }
 
 /// When a batch is acknowledged.

@@ -385,22 +385,43 @@ async fn handle(
             .acquire()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        let validated = tokio::task::spawn_blocking(move || {
-            validate::validate_body(
+        // A small body is validated here, on the async worker; a larger one on a blocking thread.
+        // A panic is answered as the blocking thread's would be, not by dropping the connection.
+        let small = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            validate::validate_small_body(
                 &compiled,
-                context,
+                &context,
                 &bytes,
                 encoding,
                 content_type.as_deref(),
                 limits,
                 how,
+                config.ingest.inline_decode_bytes,
             )
-        })
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "validation task failed");
+        }))
+        .map_err(|_| {
+            tracing::error!(error = "panicked", "validation task failed");
             ApiError::Internal
-        })??;
+        })?;
+        let validated = match small {
+            Some(validated) => validated?,
+            None => tokio::task::spawn_blocking(move || {
+                validate::validate_body(
+                    &compiled,
+                    context,
+                    &bytes,
+                    encoding,
+                    content_type.as_deref(),
+                    limits,
+                    how,
+                )
+            })
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "validation task failed");
+                ApiError::Internal
+            })??,
+        };
         Ok::<_, ApiError>((validated, Instant::now()))
     };
     let (validated, spooled) = tokio::join!(validating, async {

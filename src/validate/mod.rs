@@ -828,7 +828,13 @@ pub struct Validation {
     pub part_bytes: usize,
 }
 
-/// Decompresses, frames and validates one body: CPU work, run it off the async workers.
+/// What [`validate_body`] makes of a body: its rows and, if asked for, the digest of the
+/// inflated body; `None` for Logpush's destination probe; or why the body as a whole is refused.
+pub type BodyVerdict =
+    Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError>;
+
+/// Decompresses, frames and validates one body: CPU work, run it off the async workers (a small
+/// body may be validated on one with [`validate_small_body`]).
 /// `None` for Logpush's destination probe (`{"content":"tests"}`).
 pub fn validate_body(
     compiled: &CompiledSchema,
@@ -838,7 +844,7 @@ pub fn validate_body(
     content_type: Option<&str>,
     limits: BodyLimits,
     how: Validation,
-) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
+) -> BodyVerdict {
     thread_local! {
         /// The decompressed body, one buffer per decode thread: a fresh multi-megabyte vector
         /// per request cost page faults (the allocator gives freed pages back at once).
@@ -864,6 +870,56 @@ pub fn validate_body(
     })
 }
 
+/// Records [`validate_small_body`] validates at most: 64 KiB of 3-byte records (21,845 rows,
+/// each rejected) took 11 ms, which no async worker should spend on one body.
+pub const SMALL_BODY_RECORDS: usize = 500;
+
+/// [`validate_body`] for a body small enough to validate on an async worker: handing it to a
+/// blocking thread and back costs two thread wake-ups, more CPU than validating a few dozen
+/// rows. `None` when the body is larger than `max_bytes` as received or once inflated, or holds
+/// more than [`SMALL_BODY_RECORDS`] records (inflating or decoding stops there): validate it
+/// with [`validate_body`] on a blocking thread. Otherwise the answer is [`validate_body`]'s under
+/// the same limits, on this thread alone (no parts).
+#[allow(clippy::too_many_arguments)] // validate_body's arguments and the bound
+pub fn validate_small_body(
+    compiled: &CompiledSchema,
+    context: &RequestContext,
+    body: &[u8],
+    encoding: decode::ContentEncoding,
+    content_type: Option<&str>,
+    limits: BodyLimits,
+    how: Validation,
+    max_bytes: usize,
+) -> Option<BodyVerdict> {
+    if body.len() > max_bytes {
+        return None;
+    }
+    let capped = BodyLimits {
+        max_decompressed_bytes: limits.max_decompressed_bytes.min(max_bytes),
+        max_records: limits.max_records.min(SMALL_BODY_RECORDS),
+        ..limits
+    };
+    let how = Validation {
+        part_bytes: 0,
+        ..how
+    };
+    let context = context.clone();
+    match validate_body(compiled, context, body, encoding, content_type, capped, how) {
+        // Over the bound, not over the limit: the body is not small.
+        Err(decode::DecodeError::DecompressedTooLarge { .. })
+            if limits.max_decompressed_bytes > capped.max_decompressed_bytes =>
+        {
+            None
+        }
+        Err(decode::DecodeError::TooManyRecords { .. })
+            if limits.max_records > capped.max_records =>
+        {
+            None
+        }
+        answer => Some(answer),
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // validate_body's arguments and its buffer
 fn validate_decompressed(
     compiled: &CompiledSchema,
@@ -874,7 +930,7 @@ fn validate_decompressed(
     limits: BodyLimits,
     how: Validation,
     buffer: &mut Vec<u8>,
-) -> Result<Option<(ValidatedBatch, Option<crate::dedup::Digest>)>, decode::DecodeError> {
+) -> BodyVerdict {
     decode::decompress_into(body, encoding, limits.max_decompressed_bytes, buffer)?;
     let body = buffer;
     if decode::is_logpush_probe(body) {

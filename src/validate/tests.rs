@@ -739,6 +739,82 @@ fn a_body_validated_in_parts_is_answered_as_in_one_go() {
     assert_eq!(ids[2_571].as_deref(), Some("req-3000"));
 }
 
+/// A small body is answered where it arrives, as on a blocking thread; one that is larger as
+/// received or once inflated is left to [`validate_body`], unless it is over the real limit
+/// anyway, which is then the answer.
+#[test]
+fn a_small_body_is_answered_as_a_blocking_thread_would_and_a_larger_one_is_left_to_it() {
+    use std::io::Write;
+    let gzip = |bytes: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    let compiled = compiled("edge_access", &StreamOptions::default());
+    let how = Validation {
+        digest: true,
+        part_bytes: 1 << 10,
+    };
+    let small = |body: &[u8], limits: BodyLimits, max_bytes: usize| {
+        let encoding = decode::ContentEncoding::Gzip;
+        let ndjson = Some("application/x-ndjson");
+        validate_small_body(
+            &compiled,
+            &context(),
+            body,
+            encoding,
+            ndjson,
+            limits,
+            how,
+            max_bytes,
+        )
+    };
+    let plain = mixed_body(200, 7);
+    let body = gzip(&plain);
+    assert!(body.len() < 16 << 10 && plain.len() > 64 << 10);
+    let roomy = limits(10_000, 100);
+
+    // Within the bound both ways: validate_body's answer, on this thread alone (no parts).
+    let (here, digest) = small(&body, roomy, plain.len()).unwrap().unwrap().unwrap();
+    let whole = validate_whole(&compiled, &plain, roomy, 0).unwrap();
+    assert_eq!((here.accepted, here.rejected), (172, 28));
+    assert_eq!(here.errors, whole.errors);
+    assert_eq!(here.batch, whole.batch);
+    assert_eq!(here.quarantine, whole.quarantine);
+    assert_eq!(digest, Some(crate::dedup::digest(&plain)));
+
+    // Inflated past the bound, over it as received, or more records than a small body holds:
+    // left to a blocking thread.
+    assert!(small(&body, roomy, plain.len() - 1).is_none());
+    assert!(small(&body, roomy, body.len() - 1).is_none());
+    let many = gzip("{}\n".repeat(SMALL_BODY_RECORDS + 1).as_bytes());
+    assert!(small(&many, roomy, 64 << 10).is_none());
+    let few = gzip("{}\n".repeat(SMALL_BODY_RECORDS).as_bytes());
+    let (few, _) = small(&few, roomy, 64 << 10).unwrap().unwrap().unwrap();
+    assert_eq!((few.accepted, few.rejected), (0, SMALL_BODY_RECORDS));
+
+    // Over the real limit, which is within the bound: refused here, naming that limit.
+    let tight = BodyLimits {
+        max_decompressed_bytes: plain.len() - 1,
+        ..roomy
+    };
+    let refused = small(&body, tight, plain.len() + 1).unwrap().unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "decompressed body exceeds the limit of {} bytes",
+            plain.len() - 1
+        )
+    );
+    let refused = small(&body, limits(199, 100), plain.len())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "batch has more than the limit of 199 records"
+    );
+}
+
 #[test]
 fn the_errors_listed_are_the_first_ones_of_the_whole_body() {
     let compiled = compiled("edge_access", &StreamOptions::default());
