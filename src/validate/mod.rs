@@ -870,8 +870,10 @@ pub fn validate_body(
     })
 }
 
-/// Records [`validate_small_body`] validates at most: 64 KiB of 3-byte records (21,845 rows,
-/// each rejected) took 11 ms, which no async worker should spend on one body.
+/// Records [`validate_small_body`] validates at most: a request of 64 KiB of 3-byte records
+/// (21,845 rows, each rejected) took 11 ms in sluice's handler, which no async worker should
+/// spend on one body. (Decoding stops at the first record past the cap, before it counts any
+/// record refused for its length or depth: the blocking thread's pass counts them once.)
 pub const SMALL_BODY_RECORDS: usize = 500;
 
 /// [`validate_body`] for a body small enough to validate on an async worker: handing it to a
