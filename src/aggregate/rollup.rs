@@ -191,6 +191,8 @@ enum Values<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
     S(&'a arrow_array::StringArray),
+    /// A request-context column: a dictionary of one value per request, Int16 keys.
+    D(&'a [i16], &'a arrow_array::StringArray),
 }
 
 impl<'a> Reader<'a> {
@@ -213,6 +215,13 @@ impl<'a> Reader<'a> {
             D::Float32 => values!(F32, Float32Type),
             D::Float64 => values!(F64, Float64Type),
             D::Utf8 => Values::S(array.as_string::<i32>()),
+            D::Dictionary(..) => {
+                let dictionary = array.as_dictionary::<Int16Type>();
+                Values::D(
+                    dictionary.keys().values(),
+                    dictionary.values().as_string::<i32>(),
+                )
+            }
             other => panic!("rollup source column of Arrow type {other} (checked at schema load)"),
         };
         Reader {
@@ -244,14 +253,19 @@ impl<'a> Reader<'a> {
             Values::I64(v) => Num::I(v[row]),
             Values::F32(v) => Num::F(v[row] as f64),
             Values::F64(v) => Num::F(v[row]),
-            Values::S(_) => return None,
+            Values::S(_) | Values::D(..) => return None,
         })
     }
 
     #[inline]
     fn str(&self, row: usize) -> Option<&'a str> {
         match self.values {
-            Values::S(a) if !self.is_null(row) => Some(a.value(row)),
+            _ if self.is_null(row) => None,
+            Values::S(a) => Some(a.value(row)),
+            Values::D(keys, values) => usize::try_from(keys[row])
+                .ok()
+                .filter(|&key| key < values.len())
+                .map(|key| values.value(key)),
             _ => None,
         }
     }
@@ -355,7 +369,9 @@ impl RollupState {
             for (spec, reader) in rollup.keys.iter().zip(&keys) {
                 match spec.derive {
                     Derive::Value => match reader.values {
-                        Values::S(_) => write_str_key(&mut self.key, reader.str(row).unwrap_or("")),
+                        Values::S(_) | Values::D(..) => {
+                            write_str_key(&mut self.key, reader.str(row).unwrap_or(""))
+                        }
                         _ if reader.is_signed() => {
                             let v = match reader.num(row) {
                                 Some(Num::I(v)) => v,
@@ -868,7 +884,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
-    use arrow_array::{Int32Array, StringArray, UInt16Array, UInt32Array, UInt64Array};
+    use arrow_array::{
+        DictionaryArray, Int16Array, Int32Array, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    };
     use proptest::prelude::*;
 
     use super::*;
@@ -1083,6 +1101,71 @@ mod tests {
                 MeasureState::Count(1)
             ]
         );
+    }
+
+    /// A key or measure column that is a request-context column comes as a dictionary (Int16
+    /// keys): it folds as its text does.
+    #[test]
+    fn dictionary_columns_fold_as_their_text() {
+        let schema = schema(100, 100);
+        let t = 1_767_225_600;
+        let rows: Vec<Row> = (0..40)
+            .map(|i| {
+                (
+                    t + i * 7,
+                    i as u8,
+                    200 + i as u16 % 3 * 100,
+                    i as u8,
+                    i as u64,
+                    Some(i),
+                    i as u8 % 9,
+                    0,
+                )
+            })
+            .collect();
+        let plain = batch(&rows);
+        let as_dictionary = |column: &ArrayRef| -> ArrayRef {
+            let texts = column.as_string::<i32>();
+            let mut values: Vec<&str> = Vec::new();
+            let keys: Vec<i16> = texts
+                .iter()
+                .map(|text| {
+                    let text = text.unwrap();
+                    let key = values.iter().position(|v| *v == text).unwrap_or_else(|| {
+                        values.push(text);
+                        values.len() - 1
+                    });
+                    key as i16
+                })
+                .collect();
+            Arc::new(DictionaryArray::<Int16Type>::new(
+                Int16Array::from(keys),
+                Arc::new(StringArray::from(values)),
+            ))
+        };
+        let mut columns = plain.columns().to_vec();
+        for at in [1, 6] {
+            columns[at] = as_dictionary(&columns[at]);
+        }
+        let names = plain
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>();
+        let keyed = RecordBatch::try_from_iter(names.into_iter().zip(columns)).unwrap();
+        assert!(matches!(
+            keyed.column(1).data_type(),
+            arrow_schema::DataType::Dictionary(..)
+        ));
+        let fold = |batch: &RecordBatch| {
+            let mut state = RollupState::new(schema.rollups[0].clone());
+            state.fold(batch, t as u64);
+            RollupState::merged_view(state.take())
+        };
+        let folded = fold(&keyed);
+        assert_eq!(folded, fold(&plain));
+        assert_eq!(folded, naive(&rows));
     }
 
     #[test]

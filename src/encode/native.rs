@@ -11,7 +11,7 @@
 //! | (U)Int8–64, Float32/64 | primitive | n fixed-width values: the Arrow buffer as is |
 //! | DateTime | UInt32 | n × UInt32 unix seconds |
 //! | Enum8 | Int8 | n × Int8 codes (each checked against the declared codes) |
-//! | String | Utf8 | n × string |
+//! | String | Utf8, or Dictionary(Int16, Utf8) (the request-context columns; also inside Nullable and LowCardinality) | n × string |
 //! | FixedString(N) | FixedSizeBinary(N) | n × N bytes: the Arrow buffer as is |
 //! | UUID | FixedSizeBinary(16), RFC 4122 byte order | n × (UInt64 of bytes 0–7 read big-endian, UInt64 of bytes 8–15 read big-endian), each written little-endian |
 //! | Nullable(T) | T with validity | n null-map bytes (1 = NULL), then T's data (whatever the buffer holds under a NULL) |
@@ -42,12 +42,76 @@ use arrow_array::types::{
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
 // foldhash: one lookup per row of every LowCardinality column.
 use hashbrown::HashMap;
 
 use crate::schema::ChType;
 use crate::text::{ShortStr, same_text};
+
+/// A text column in either of the Arrow shapes the validator builds: Utf8, a value per row, or
+/// a dictionary of Utf8 values with Int16 keys, which it builds for the request-context columns
+/// (one value per request, so a row costs two bytes instead of its text and offset).
+#[derive(Clone, Copy)]
+pub(crate) enum Texts<'a> {
+    Plain(&'a StringArray),
+    Keyed {
+        keys: &'a [i16],
+        values: &'a StringArray,
+        nulls: Option<&'a NullBuffer>,
+    },
+}
+
+impl<'a> Texts<'a> {
+    /// The text of a Utf8 or `Dictionary(Int16, Utf8)` array (see [`check_column`]).
+    pub(crate) fn of(array: &'a dyn Array) -> Texts<'a> {
+        match array.data_type() {
+            DataType::Dictionary(..) => {
+                let dictionary = array.as_dictionary::<Int16Type>();
+                Texts::Keyed {
+                    keys: dictionary.keys().values(),
+                    values: dictionary.values().as_string::<i32>(),
+                    nulls: dictionary.nulls(),
+                }
+            }
+            _ => Texts::Plain(array.as_string::<i32>()),
+        }
+    }
+
+    /// The row's text; under a NULL what the Utf8 buffer holds there, `""` in a dictionary.
+    #[inline]
+    pub(crate) fn value(&self, row: usize) -> &'a str {
+        match *self {
+            Texts::Plain(strings) => strings.value(row),
+            Texts::Keyed {
+                keys,
+                values,
+                nulls,
+            } => match usize::try_from(keys[row]) {
+                Ok(key) if key < values.len() && !nulls.is_some_and(|n| n.is_null(row)) => {
+                    values.value(key)
+                }
+                _ => "",
+            },
+        }
+    }
+
+    /// Bytes of text in all rows (the room the Native strings need, less their lengths).
+    fn text_bytes(&self) -> usize {
+        match *self {
+            Texts::Plain(strings) => {
+                let offsets = strings.value_offsets();
+                (offsets[offsets.len() - 1] - offsets[0]) as usize
+            }
+            Texts::Keyed { keys, values, .. } => {
+                let offsets = values.value_offsets();
+                let all = (offsets[offsets.len() - 1] - offsets[0]) as usize;
+                all * keys.len() / values.len().max(1)
+            }
+        }
+    }
+}
 
 /// One column of a Native block: the name and ClickHouse type written into the block header.
 /// The `i`-th column describes the `i`-th array of the batch.
@@ -231,7 +295,7 @@ fn write_gathered<'a>(
     scratch: &mut Scratch<'a>,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    let strings = || -> Vec<&'a StringArray> { arrays.iter().map(|a| a.as_string()).collect() };
+    let strings = || -> Vec<Texts<'a>> { arrays.iter().map(|a| Texts::of(*a)).collect() };
     match column.ch_type {
         ChType::String => write_gathered_strings(&strings(), order, out),
         ChType::Nullable(inner) if **inner == ChType::String => {
@@ -241,6 +305,7 @@ fn write_gathered<'a>(
         ChType::LowCardinality(inner) => {
             write_gathered_low_cardinality(
                 column,
+                arrays,
                 &strings(),
                 order,
                 inner.is_nullable(),
@@ -268,25 +333,22 @@ fn write_gathered<'a>(
 }
 
 /// The strings at `order` of `strings` as Native strings.
-fn write_gathered_strings(strings: &[&StringArray], order: &[(usize, usize)], out: &mut Vec<u8>) {
-    let bytes: usize = strings
-        .iter()
-        .map(|s| {
-            let offsets = s.value_offsets();
-            (offsets[offsets.len() - 1] - offsets[0]) as usize
-        })
-        .sum();
+fn write_gathered_strings(strings: &[Texts<'_>], order: &[(usize, usize)], out: &mut Vec<u8>) {
+    let bytes: usize = strings.iter().map(Texts::text_bytes).sum();
     out.reserve(bytes + order.len());
     // The rows come from the batches in key order, so each value is a cache miss of its own:
     // the offsets of the row AHEAD rows on, and the text of the row half as far on, are fetched
-    // while this one is copied.
+    // while this one is copied (a dictionary's one value stays in the cache).
     const AHEAD: usize = 16;
     for (at, &(batch, row)) in order.iter().enumerate() {
-        if let Some(&(batch, row)) = order.get(at + AHEAD) {
-            prefetch(strings[batch].value_offsets()[row..].as_ptr());
+        if let Some(&(batch, row)) = order.get(at + AHEAD)
+            && let Texts::Plain(array) = strings[batch]
+        {
+            prefetch(array.value_offsets()[row..].as_ptr());
         }
-        if let Some(&(batch, row)) = order.get(at + AHEAD / 2) {
-            let array = strings[batch];
+        if let Some(&(batch, row)) = order.get(at + AHEAD / 2)
+            && let Texts::Plain(array) = strings[batch]
+        {
             prefetch(array.values()[array.value_offsets()[row] as usize..].as_ptr());
         }
         write_string(out, strings[batch].value(row).as_bytes());
@@ -312,7 +374,8 @@ fn prefetch<T>(at: *const T) {
 /// gathered rows.
 fn write_gathered_low_cardinality<'a>(
     column: &NativeColumn<'_>,
-    strings: &[&'a StringArray],
+    arrays: &[&'a dyn Array],
+    strings: &[Texts<'a>],
     order: &[(usize, usize)],
     nullable: bool,
     scratch: &mut Scratch<'a>,
@@ -329,6 +392,7 @@ fn write_gathered_low_cardinality<'a>(
         first_row,
         found,
         renumber,
+        mapped,
         ..
     } = scratch;
     // Every row of every batch as an index into `keys`, in the batches' order.
@@ -336,9 +400,34 @@ fn write_gathered_low_cardinality<'a>(
     keys.clear();
     first_row.clear();
     found.clear();
-    for array in strings {
+    for (array, texts) in arrays.iter().zip(strings) {
         first_row.push(found.len());
         let nulls = array.nulls().filter(|nulls| nulls.null_count() > 0);
+        if let Texts::Keyed {
+            keys: rows, values, ..
+        } = *texts
+        {
+            // One lookup per dictionary value, not per row.
+            mapped.clear();
+            mapped.extend((0..values.len()).map(|key| match values.value(key) {
+                "" => EMPTY,
+                value => *dictionary.entry(ShortStr(value)).or_insert_with(|| {
+                    keys.push(value);
+                    keys.len() as u32 - 1
+                }),
+            }));
+            found.extend(rows.iter().enumerate().map(|(row, &key)| {
+                match usize::try_from(key).ok().and_then(|key| mapped.get(key)) {
+                    _ if nulls.is_some_and(|nulls| nulls.is_null(row)) => NULL,
+                    Some(&index) => index,
+                    None => EMPTY,
+                }
+            }));
+            continue;
+        }
+        let Texts::Plain(array) = *texts else {
+            unreachable!("a dictionary was folded above")
+        };
         let mut previous: Option<(&str, u32)> = None;
         for row in 0..array.len() {
             if nulls.is_some_and(|nulls| nulls.is_null(row)) {
@@ -408,6 +497,8 @@ struct Scratch<'a> {
     found: Vec<u32>,
     /// Gathered LowCardinality: `keys` index → block dictionary index.
     renumber: Vec<u32>,
+    /// Gathered LowCardinality: a dictionary array's values → their index into `keys`.
+    mapped: Vec<u32>,
 }
 
 /// Checks that the Arrow type is the one the validator builds for the column's ClickHouse type
@@ -450,6 +541,9 @@ fn unexpected_null(column: &NativeColumn<'_>, nulls: usize) -> EncodeError {
 fn arrow_type_fits(value_type: &ChType, data_type: &DataType) -> bool {
     match (value_type, data_type) {
         (ChType::String, DataType::Utf8) => true,
+        (ChType::String, DataType::Dictionary(key, value)) => {
+            **key == DataType::Int16 && **value == DataType::Utf8
+        }
         (ChType::FixedString(width), DataType::FixedSizeBinary(w)) => *w as usize == *width,
         (ChType::UUID, DataType::FixedSizeBinary(16)) => true,
         (ChType::UInt8, DataType::UInt8)
@@ -466,7 +560,8 @@ fn arrow_type_fits(value_type: &ChType, data_type: &DataType) -> bool {
             !matches!(
                 **item,
                 ChType::Array(_) | ChType::Nullable(_) | ChType::LowCardinality(_)
-            ) && arrow_type_fits(item, field.data_type())
+            ) && !matches!(field.data_type(), DataType::Dictionary(..))
+                && arrow_type_fits(item, field.data_type())
         }
         _ => false,
     }
@@ -486,18 +581,23 @@ fn write_column_data<'a>(
             write_column_data(column, inner, array, scratch, out)?;
         }
         ChType::LowCardinality(inner) => {
-            let strings: &'a StringArray = array.as_string::<i32>();
+            let strings = Texts::of(array);
             // check_column refused nulls unless the type is nullable.
-            let nulls = strings.nulls().filter(|nulls| nulls.null_count() > 0);
-            let values = (0..strings.len()).map(|row| {
+            let nulls = array.nulls().filter(|nulls| nulls.null_count() > 0);
+            let values = (0..array.len()).map(|row| {
                 (!nulls.is_some_and(|nulls| nulls.is_null(row))).then(|| strings.value(row))
             });
             write_low_cardinality(column, values, inner.is_nullable(), scratch, out)?;
         }
-        ChType::String => {
-            let strings = array.as_string::<i32>();
-            write_strings(strings.value_offsets(), strings.values(), out);
-        }
+        ChType::String => match Texts::of(array) {
+            Texts::Plain(strings) => write_strings(strings.value_offsets(), strings.values(), out),
+            keyed => {
+                out.reserve(keyed.text_bytes() + array.len());
+                for row in 0..array.len() {
+                    write_string(out, keyed.value(row).as_bytes());
+                }
+            }
+        },
         // Arrow keeps a sliced FixedSizeBinary buffer cut to exactly `len × width` bytes.
         ChType::FixedString(_) => out.extend_from_slice(array.as_fixed_size_binary().value_data()),
         ChType::UUID => write_uuids(array.as_fixed_size_binary().value_data(), out),
@@ -765,8 +865,8 @@ mod tests {
 
     use arrow_array::builder::{FixedSizeBinaryBuilder, ListBuilder, StringBuilder};
     use arrow_array::{
-        ArrayRef, FixedSizeBinaryArray, Float32Array, Float64Array, Int8Array, Int16Array,
-        Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+        ArrayRef, DictionaryArray, FixedSizeBinaryArray, Float32Array, Float64Array, Int8Array,
+        Int16Array, Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
     };
 
     use super::*;
@@ -899,6 +999,91 @@ mod tests {
             );
             assert_eq!(pieces.concat(), whole, "chunk {chunk_bytes}");
         }
+    }
+
+    /// The request-context columns come as a dictionary (Int16 keys) of one value per request,
+    /// several once parts of a body are joined: their block is the block of the same text as
+    /// plain Utf8, alone and gathered from batches with different dictionaries.
+    #[test]
+    fn a_dictionary_column_is_written_as_its_text() {
+        let columns = [
+            ("s", "String"),
+            ("ns", "Nullable(String)"),
+            ("lc", "LowCardinality(String)"),
+            ("lcn", "LowCardinality(Nullable(String))"),
+        ];
+        let types = types(&columns);
+        let native = described(&columns, &types);
+        let text =
+            |rows: &[Option<&str>]| -> ArrayRef { Arc::new(StringArray::from(rows.to_vec())) };
+        let keyed = |values: &[&str], keys: &[Option<i16>]| -> ArrayRef {
+            Arc::new(DictionaryArray::<Int16Type>::new(
+                Int16Array::from(keys.to_vec()),
+                Arc::new(StringArray::from(values.to_vec())),
+            ))
+        };
+        // A NULL only where the column is Nullable; the same text in the same places otherwise.
+        let batch = |make: &dyn Fn(bool) -> ArrayRef| {
+            let arrays: Vec<ArrayRef> = vec![make(false), make(true), make(false), make(true)];
+            RecordBatch::try_from_iter(columns.iter().map(|(name, _)| *name).zip(arrays)).unwrap()
+        };
+        let a_text = batch(&|nullable| {
+            text(&[
+                Some("edge-a"),
+                Some(""),
+                if nullable { None } else { Some("b") },
+                Some("edge-a"),
+            ])
+        });
+        let a_keyed = batch(&|nullable| {
+            keyed(
+                &["edge-a", "", "b"],
+                &[
+                    Some(0),
+                    Some(1),
+                    if nullable { None } else { Some(2) },
+                    Some(0),
+                ],
+            )
+        });
+        let b_text =
+            batch(&|_| text(&[Some("ignored"), Some("日本"), Some("日本"), Some("edge-a")]));
+        let b_keyed = batch(&|_| keyed(&["edge-a", "日本"], &[Some(0), Some(1), Some(1), Some(0)]));
+        // Sliced: the keys do not start at offset 0.
+        let (b_text, b_keyed) = (b_text.slice(1, 3), b_keyed.slice(1, 3));
+        for (plain, dictionary) in [(&a_text, &a_keyed), (&b_text, &b_keyed)] {
+            let (mut expected, mut got) = (Vec::new(), Vec::new());
+            write_native_block(&native, plain, &mut expected).unwrap();
+            write_native_block(&native, dictionary, &mut got).unwrap();
+            assert_eq!(got, expected);
+        }
+        let order = [(1, 0), (0, 2), (0, 0), (1, 2), (0, 1), (1, 1), (0, 3)];
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        let plain = BlockRows::Gathered {
+            batches: &[&a_text, &b_text],
+            order: &order,
+        };
+        write_native_block(&native, plain, &mut expected).unwrap();
+        let dictionary = BlockRows::Gathered {
+            batches: &[&a_keyed, &b_keyed],
+            order: &order,
+        };
+        write_native_block(&native, dictionary, &mut got).unwrap();
+        assert_eq!(got, expected);
+        // A dictionary of other keys or values is not text the encoder knows.
+        let wide: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::new(
+            Int32Array::from(vec![0]),
+            Arc::new(StringArray::from(vec!["x"])),
+        ));
+        let one = [NativeColumn {
+            name: "s",
+            ch_type: &types[0],
+        }];
+        let wide = RecordBatch::try_from_iter([("s", wide)]).unwrap();
+        assert!(matches!(
+            write_native_block(&one, &wide, &mut Vec::new()),
+            Err(EncodeError::TypeMismatch { .. })
+        ));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType};
 use hashbrown::HashMap;
 
+use crate::encode::native::Texts;
 use crate::schema::{ChType, Schema};
 
 /// The columns of a table's sorting key that sluice can order rows by.
@@ -165,13 +166,18 @@ fn column_key(arrays: &[&ArrayRef], rows: usize) -> Result<Vec<u64>, ArrowError>
     let mut key = Vec::with_capacity(rows);
     let data_type = arrays.first().map(|a| a.data_type().clone());
     match data_type {
-        Some(DataType::Utf8) => {
+        Some(DataType::Utf8 | DataType::Dictionary(..)) => {
             // Distinct values get ids as they come; ids then become ranks in byte order.
             let mut ids: HashMap<&str, u32> = HashMap::new();
             let mut distinct: Vec<&str> = Vec::new();
             for array in arrays {
-                for value in array.as_string::<i32>().iter() {
-                    let value = value.unwrap_or("");
+                let texts = Texts::of(array.as_ref());
+                for row in 0..array.len() {
+                    let value = if array.is_null(row) {
+                        ""
+                    } else {
+                        texts.value(row)
+                    };
                     let id = *ids.entry(value).or_insert_with(|| {
                         distinct.push(value);
                         distinct.len() as u32 - 1
@@ -224,7 +230,8 @@ fn column_key(arrays: &[&ArrayRef], rows: usize) -> Result<Vec<u64>, ArrowError>
 mod tests {
     use std::sync::Arc;
 
-    use arrow_array::{Int8Array, StringArray, UInt32Array};
+    use arrow_array::types::Int16Type;
+    use arrow_array::{DictionaryArray, Int8Array, Int16Array, StringArray, UInt32Array};
     use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 
     use super::*;
@@ -307,6 +314,62 @@ mod tests {
                 .to_vec(),
             [-2, 3]
         );
+    }
+
+    /// A request-context column (a dictionary of one value per request) orders rows as its
+    /// text does, across batches whose dictionaries differ.
+    #[test]
+    fn a_dictionary_column_orders_rows_as_its_text() {
+        let schema: SchemaRef = Arc::new(ArrowSchema::new(vec![
+            Field::new("region", DataType::Utf8, false),
+            Field::new("time", DataType::UInt32, false),
+        ]));
+        let keyed_schema: SchemaRef = Arc::new(ArrowSchema::new(vec![
+            Field::new(
+                "region",
+                DataType::Dictionary(Box::new(DataType::Int16), Box::new(DataType::Utf8)),
+                false,
+            ),
+            Field::new("time", DataType::UInt32, false),
+        ]));
+        let plain = |regions: &[&str], times: &[u32]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(regions.to_vec())),
+                    Arc::new(UInt32Array::from(times.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let keyed = |values: &[&str], keys: &[i16], times: &[u32]| {
+            let region = DictionaryArray::<Int16Type>::new(
+                Int16Array::from(keys.to_vec()),
+                Arc::new(StringArray::from(values.to_vec())),
+            );
+            RecordBatch::try_new(
+                keyed_schema.clone(),
+                vec![
+                    Arc::new(region),
+                    Arc::new(UInt32Array::from(times.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let key = SortKey {
+            columns: vec![0, 1],
+        };
+        let batches = [
+            keyed(&["us", "eu"], &[0, 1, 0], &[3, 9, 1]),
+            keyed(&["eu"], &[0, 0], &[2, 1]),
+        ];
+        let texts = [
+            plain(&["us", "eu", "us"], &[3, 9, 1]),
+            plain(&["eu", "eu"], &[2, 1]),
+        ];
+        let order = key.order(&[&batches[0], &batches[1]]).unwrap().unwrap();
+        assert_eq!(order, key.order(&[&texts[0], &texts[1]]).unwrap().unwrap());
+        assert_eq!(order, [(1, 1), (1, 0), (0, 1), (0, 2), (0, 0)]);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{ArrayBuilder as _, StringBuilder, UInt32Builder};
-use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
-use arrow_buffer::{Buffer, OffsetBuffer};
+use arrow_array::types::Int16Type;
+use arrow_array::{ArrayRef, DictionaryArray, Int16Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, SchemaRef};
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -63,9 +63,10 @@ impl RequestContext {
             }
             ContextField::Extra => unreachable!("extra differs from row to row"),
         };
-        let offsets = OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(text.len(), rows));
-        let values = Buffer::from(text.repeat(rows).into_bytes());
-        Arc::new(StringArray::new(offsets, values, None))
+        // One value and a two-byte key per row (see `context_type`).
+        let keys = Int16Array::from_value(0, rows);
+        let values = Arc::new(StringArray::from_iter_values([text]));
+        Arc::new(DictionaryArray::<Int16Type>::new(keys, values))
     }
 }
 
@@ -229,7 +230,13 @@ impl CompiledSchema {
             let fields: Vec<Field> = schema
                 .columns
                 .iter()
-                .map(|c| Field::new(c.name(), arrow_type(&c.ch_type), c.ch_type.is_nullable()))
+                .map(|c| {
+                    let data_type = match c.spec.context {
+                        Some(field) => context_type(field, &c.ch_type),
+                        None => arrow_type(&c.ch_type),
+                    };
+                    Field::new(c.name(), data_type, c.ch_type.is_nullable())
+                })
                 .collect();
             Arc::new(arrow_schema::Schema::new(fields))
         };
@@ -360,6 +367,17 @@ pub fn arrow_type(ch_type: &ChType) -> DataType {
         ChType::UUID => DataType::FixedSizeBinary(16),
         ChType::Nullable(inner) | ChType::LowCardinality(inner) => arrow_type(inner),
         ChType::Array(_) => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+    }
+}
+
+/// The Arrow type of a context column: the text of a request (every field but `extra` and
+/// `received_at`) is one value for all its rows, so it is a dictionary of that value with an
+/// Int16 key per row. As Utf8 the five audit columns of `edge_access` were a quarter of a
+/// batch's Arrow bytes, and so of what `batch.max_bytes` and the in-flight bound count.
+pub fn context_type(field: ContextField, ch_type: &ChType) -> DataType {
+    match field {
+        ContextField::Extra | ContextField::ReceivedAt => arrow_type(ch_type),
+        _ => DataType::Dictionary(Box::new(DataType::Int16), Box::new(DataType::Utf8)),
     }
 }
 
@@ -728,10 +746,10 @@ impl QuarantineBuilder {
                 compiled.schema.version,
                 rows,
             )),
-            repeat(&context.principal),
-            repeat(&context.origin),
-            repeat(&context.batch_id),
-            repeat(&context.request_id),
+            context.column(ContextField::Principal, rows),
+            context.column(ContextField::Origin, rows),
+            context.column(ContextField::BatchId, rows),
+            context.column(ContextField::RequestId, rows),
             Arc::new(self.line.finish()),
             Arc::new(self.field.finish()),
             Arc::new(self.error.finish()),

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int8Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow_array::types::{Int8Type, Int16Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ListArray};
 
 use super::*;
@@ -56,8 +56,16 @@ fn column<'a>(batch: &'a ValidatedBatch, name: &str) -> &'a dyn Array {
     batch.batch.column_by_name(name).unwrap().as_ref()
 }
 
+/// A text column's values, whether Utf8 or (a request-context column) a dictionary.
 fn strings(batch: &ValidatedBatch, name: &str) -> Vec<Option<String>> {
-    column(batch, name)
+    let array = column(batch, name);
+    if let Some(dictionary) = array.as_dictionary_opt::<Int16Type>() {
+        let values = dictionary.values().as_string::<i32>();
+        return (dictionary.keys().iter())
+            .map(|key| key.map(|key| values.value(key as usize).to_string()))
+            .collect();
+    }
+    array
         .as_string::<i32>()
         .iter()
         .map(|v| v.map(str::to_string))
@@ -124,7 +132,8 @@ fn a_datastream2_batch_is_accepted_with_every_value_decoded() {
     );
     assert_eq!(strings(&batch, "region")[1].as_deref(), Some("eu-west"));
     assert_eq!(strings(&batch, "_principal")[0].as_deref(), Some("edge-a"));
-    // Context columns are built once per request: every row holds the request's values.
+    // Context columns are built once per request: every row holds the request's values, as a
+    // dictionary of that one value.
     for (name, value) in [
         ("_principal", "edge-a"),
         ("_origin", "worker-1"),
@@ -137,6 +146,8 @@ fn a_datastream2_batch_is_accepted_with_every_value_decoded() {
             vec![Some(value.to_string()); 2],
             "{name}"
         );
+        let dictionary = column(&batch, name).as_dictionary::<Int16Type>();
+        assert_eq!(dictionary.values().len(), 1, "{name}");
     }
     assert_eq!(
         column(&batch, "_received_at")

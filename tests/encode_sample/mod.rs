@@ -9,9 +9,10 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{FixedSizeBinaryBuilder, ListBuilder, StringBuilder};
+use arrow_array::types::Int16Type;
 use arrow_array::{
-    ArrayRef, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array, Int64Array,
-    RecordBatch, StringArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+    ArrayRef, DictionaryArray, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array,
+    Int64Array, RecordBatch, StringArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
 };
 use serde_json::{Value, json};
 use sluice::encode::{EncodeError, NativeColumn, write_native_block};
@@ -44,6 +45,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("n_method", "Nullable(Enum8('GET' = 1, 'POST' = 2))"),
     ("n_id", "Nullable(UUID)"),
     ("tags", "Array(String)"),
+    // Request-context columns as the validator builds them: Dictionary(Int16, Utf8).
+    ("ctx", "String"),
+    ("ctx_lc", "LowCardinality(String)"),
+    ("ctx_n", "Nullable(String)"),
 ];
 
 /// Names of the DateTime columns (engines print those differently; tests select them as unix
@@ -87,6 +92,8 @@ pub struct Row {
     pub n_method: Option<i8>,
     pub n_id: Option<&'static str>,
     pub tags: &'static [&'static str],
+    /// The value of the three dictionary columns.
+    pub ctx: &'static str,
 }
 
 pub fn rows() -> Vec<Row> {
@@ -117,6 +124,7 @@ pub fn rows() -> Vec<Row> {
             n_method: None,
             n_id: None,
             tags: &[],
+            ctx: "edge-a",
         },
         Row {
             row: 1,
@@ -144,6 +152,7 @@ pub fn rows() -> Vec<Row> {
             n_method: Some(2),
             n_id: Some("61f0c404-5cb3-11e7-907b-a6006ad3dba0"),
             tags: &["", "x"],
+            ctx: "",
         },
         Row {
             row: 2,
@@ -171,6 +180,7 @@ pub fn rows() -> Vec<Row> {
             n_method: Some(1),
             n_id: None,
             tags: &["日本", "with \"quote\"", "tab\tand\\backslash"],
+            ctx: "区域 \"b\"",
         },
         Row {
             row: 3,
@@ -198,6 +208,7 @@ pub fn rows() -> Vec<Row> {
             n_method: None,
             n_id: Some("00000000-0000-0000-0000-000000000001"),
             tags: &[],
+            ctx: "edge-a",
         },
         Row {
             row: 4,
@@ -225,6 +236,7 @@ pub fn rows() -> Vec<Row> {
             n_method: Some(1),
             n_id: Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
             tags: &["a"],
+            ctx: "edge-a",
         },
         Row {
             row: 5,
@@ -252,6 +264,7 @@ pub fn rows() -> Vec<Row> {
             n_method: None,
             n_id: None,
             tags: &["", "", ""],
+            ctx: "区域 \"b\"",
         },
     ]
 }
@@ -323,9 +336,33 @@ pub fn batch(rows: &[Row]) -> RecordBatch {
         Arc::new(Int8Array::from_iter(rows.iter().map(|r| r.n_method))),
         fixed(rows.iter().map(|r| r.n_id.map(uuid_bytes))),
         Arc::new(tags.finish()),
+        context_column(rows),
+        context_column(rows),
+        context_column(rows),
     ];
     RecordBatch::try_from_iter(COLUMNS.iter().map(|(name, _)| *name).zip(arrays))
         .expect("sample batch")
+}
+
+/// The `ctx` values as a dictionary with Int16 keys, values in order of first appearance (the
+/// shape the validator gives request-context columns; a body validated in parts has several).
+fn context_column(rows: &[Row]) -> ArrayRef {
+    let mut values: Vec<&str> = Vec::new();
+    let keys = rows.iter().map(|row| {
+        let key = match values.iter().position(|v| *v == row.ctx) {
+            Some(key) => key,
+            None => {
+                values.push(row.ctx);
+                values.len() - 1
+            }
+        };
+        key as i16
+    });
+    let keys = Int16Array::from_iter_values(keys.collect::<Vec<_>>());
+    Arc::new(DictionaryArray::<Int16Type>::new(
+        keys,
+        Arc::new(StringArray::from(values)),
+    ))
 }
 
 /// Appends one Native block of `batch` (whose columns are [`COLUMNS`]) to `out`.
@@ -373,6 +410,9 @@ pub fn expected_json(row: &Row) -> Value {
         "n_method": row.n_method.map(method_name),
         "n_id": row.n_id,
         "tags": row.tags,
+        "ctx": row.ctx,
+        "ctx_lc": row.ctx,
+        "ctx_n": row.ctx,
     }))
 }
 
