@@ -742,6 +742,15 @@ async fn rows_clickhouse_refuses_go_to_quarantine() {
         rows.iter().any(|r| raw["request_id"] == r.req_id.as_str()),
         "{raw}"
     );
+    // The request-context columns (Arrow dictionaries) are kept as their text.
+    assert_eq!(raw["_principal"], "edge-a", "{raw}");
+    assert_eq!(
+        raw["_batch_id"],
+        answer["batch_id"]
+            .as_str()
+            .expect("the answer names the batch id"),
+        "{raw}"
+    );
     assert_eq!(server.clickhouse.count("edge_access").await, 0);
     server.stop().await;
 }
