@@ -64,7 +64,18 @@ pub(crate) enum Texts<'a> {
 }
 
 impl<'a> Texts<'a> {
-    /// The text of a Utf8 or `Dictionary(Int16, Utf8)` array (see [`check_column`]).
+    /// Whether an array of this type is text in one of the two shapes.
+    pub(crate) fn accepts(data_type: &DataType) -> bool {
+        match data_type {
+            DataType::Utf8 => true,
+            DataType::Dictionary(key, value) => {
+                **key == DataType::Int16 && **value == DataType::Utf8
+            }
+            _ => false,
+        }
+    }
+
+    /// The text of an array whose type [`Texts::accepts`] (see [`check_column`]).
     pub(crate) fn of(array: &'a dyn Array) -> Texts<'a> {
         match array.data_type() {
             DataType::Dictionary(..) => {
@@ -540,10 +551,7 @@ fn unexpected_null(column: &NativeColumn<'_>, nulls: usize) -> EncodeError {
 /// Nullable/LowCardinality around it).
 fn arrow_type_fits(value_type: &ChType, data_type: &DataType) -> bool {
     match (value_type, data_type) {
-        (ChType::String, DataType::Utf8) => true,
-        (ChType::String, DataType::Dictionary(key, value)) => {
-            **key == DataType::Int16 && **value == DataType::Utf8
-        }
+        (ChType::String, data_type) => Texts::accepts(data_type),
         (ChType::FixedString(width), DataType::FixedSizeBinary(w)) => *w as usize == *width,
         (ChType::UUID, DataType::FixedSizeBinary(16)) => true,
         (ChType::UInt8, DataType::UInt8)

@@ -166,7 +166,7 @@ fn column_key(arrays: &[&ArrayRef], rows: usize) -> Result<Vec<u64>, ArrowError>
     let mut key = Vec::with_capacity(rows);
     let data_type = arrays.first().map(|a| a.data_type().clone());
     match data_type {
-        Some(DataType::Utf8 | DataType::Dictionary(..)) => {
+        Some(ref text) if Texts::accepts(text) => {
             // Distinct values get ids as they come; ids then become ranks in byte order.
             let mut ids: HashMap<&str, u32> = HashMap::new();
             let mut distinct: Vec<&str> = Vec::new();
@@ -230,8 +230,10 @@ fn column_key(arrays: &[&ArrayRef], rows: usize) -> Result<Vec<u64>, ArrowError>
 mod tests {
     use std::sync::Arc;
 
-    use arrow_array::types::Int16Type;
-    use arrow_array::{DictionaryArray, Int8Array, Int16Array, StringArray, UInt32Array};
+    use arrow_array::types::{Int16Type, Int32Type};
+    use arrow_array::{
+        DictionaryArray, Int8Array, Int16Array, Int32Array, StringArray, UInt32Array,
+    };
     use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 
     use super::*;
@@ -370,6 +372,17 @@ mod tests {
         let order = key.order(&[&batches[0], &batches[1]]).unwrap().unwrap();
         assert_eq!(order, key.order(&[&texts[0], &texts[1]]).unwrap().unwrap());
         assert_eq!(order, [(1, 1), (1, 0), (0, 1), (0, 2), (0, 0)]);
+        // A dictionary the validator does not build is refused, not read.
+        let wide = DictionaryArray::<Int32Type>::new(
+            Int32Array::from(vec![0, 0]),
+            Arc::new(StringArray::from(vec!["eu"])),
+        );
+        let wide = RecordBatch::try_from_iter([
+            ("region", Arc::new(wide) as ArrayRef),
+            ("time", Arc::new(UInt32Array::from(vec![2, 1])) as ArrayRef),
+        ])
+        .unwrap();
+        assert!(key.order(&[&wide]).is_err());
     }
 
     #[test]
