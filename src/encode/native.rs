@@ -108,7 +108,8 @@ impl<'a> Texts<'a> {
         }
     }
 
-    /// Bytes of text in all rows (the room the Native strings need, less their lengths).
+    /// Bytes of text in all rows, the room the Native strings need less their lengths (for a
+    /// dictionary an estimate: its values' average length times the rows).
     fn text_bytes(&self) -> usize {
         match *self {
             Texts::Plain(strings) => {
