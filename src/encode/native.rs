@@ -415,30 +415,31 @@ fn write_gathered_low_cardinality<'a>(
     for (array, texts) in arrays.iter().zip(strings) {
         first_row.push(found.len());
         let nulls = array.nulls().filter(|nulls| nulls.null_count() > 0);
-        if let Texts::Keyed {
-            keys: rows, values, ..
-        } = *texts
-        {
-            // One lookup per dictionary value, not per row.
-            mapped.clear();
-            mapped.extend((0..values.len()).map(|key| match values.value(key) {
-                "" => EMPTY,
-                value => *dictionary.entry(ShortStr(value)).or_insert_with(|| {
-                    keys.push(value);
-                    keys.len() as u32 - 1
-                }),
-            }));
-            found.extend(rows.iter().enumerate().map(|(row, &key)| {
-                match usize::try_from(key).ok().and_then(|key| mapped.get(key)) {
-                    _ if nulls.is_some_and(|nulls| nulls.is_null(row)) => NULL,
-                    Some(&index) => index,
-                    None => EMPTY,
-                }
-            }));
-            continue;
-        }
-        let Texts::Plain(array) = *texts else {
-            unreachable!("a dictionary was folded above")
+        let array = match *texts {
+            Texts::Plain(array) => array,
+            Texts::Keyed {
+                keys: rows, values, ..
+            } => {
+                // One lookup per dictionary value, not per row.
+                mapped.clear();
+                mapped.extend((0..values.len()).map(|key| match values.value(key) {
+                    "" => EMPTY,
+                    value => *dictionary.entry(ShortStr(value)).or_insert_with(|| {
+                        keys.push(value);
+                        keys.len() as u32 - 1
+                    }),
+                }));
+                found.extend(rows.iter().enumerate().map(|(row, &key)| {
+                    if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+                        return NULL;
+                    }
+                    let key = usize::try_from(key).ok();
+                    key.and_then(|key| mapped.get(key))
+                        .copied()
+                        .unwrap_or(EMPTY)
+                }));
+                continue;
+            }
         };
         let mut previous: Option<(&str, u32)> = None;
         for row in 0..array.len() {
