@@ -374,7 +374,7 @@ pub fn arrow_type(ch_type: &ChType) -> DataType {
 /// `received_at`) is one value for all its rows, so it is a dictionary of that value with an
 /// Int16 key per row. As Utf8 the five audit columns of `edge_access` were a quarter of a
 /// batch's Arrow bytes, and so of what `batch.max_bytes` and the in-flight bound count.
-pub fn context_type(field: ContextField, ch_type: &ChType) -> DataType {
+fn context_type(field: ContextField, ch_type: &ChType) -> DataType {
     match field {
         ContextField::Extra | ContextField::ReceivedAt => arrow_type(ch_type),
         _ => DataType::Dictionary(Box::new(DataType::Int16), Box::new(DataType::Utf8)),

@@ -59,16 +59,9 @@ fn column<'a>(batch: &'a ValidatedBatch, name: &str) -> &'a dyn Array {
 /// A text column's values, whether Utf8 or (a request-context column) a dictionary.
 fn strings(batch: &ValidatedBatch, name: &str) -> Vec<Option<String>> {
     let array = column(batch, name);
-    if let Some(dictionary) = array.as_dictionary_opt::<Int16Type>() {
-        let values = dictionary.values().as_string::<i32>();
-        return (dictionary.keys().iter())
-            .map(|key| key.map(|key| values.value(key as usize).to_string()))
-            .collect();
-    }
-    array
-        .as_string::<i32>()
-        .iter()
-        .map(|v| v.map(str::to_string))
+    let texts = crate::encode::native::Texts::of(array);
+    (0..array.len())
+        .map(|row| (!array.is_null(row)).then(|| texts.value(row).to_string()))
         .collect()
 }
 
