@@ -9,12 +9,16 @@ mod encode_sample;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use bytes::Bytes;
 use common::TestClickHouse;
 use encode_sample::{COLUMNS, DATETIME_COLUMNS};
+use sluice::config::ClickHouseConfig;
 use sluice::encode::{
     Compression, MAX_FRAME_INPUT_BYTES, NativeColumn, write_compressed_frames, write_native_block,
 };
 use sluice::schema::ChType;
+use sluice::sink::clickhouse::ClickHouseSink;
+use sluice::sink::{InsertRequest, Sink, TableTarget};
 
 /// The test ClickHouse for `name`. reqwest is built without a default rustls crypto provider,
 /// so the process-wide one (ring, as in sluice) is installed first.
@@ -288,4 +292,37 @@ async fn a_wrong_checksum_is_refused_with_code_40() {
 
     insert_ok(&clickhouse, "t", &names, framed, true).await;
     assert_eq!(clickhouse.count("t").await, rows.len() as u64);
+}
+
+/// Each insert's body is written again by a later insert once the insert is settled
+/// (`pipeline`'s `Bodies`), which takes the ClickHouse client letting go of it: when an insert
+/// has returned, its rows are in and the body is the sender's alone again.
+#[tokio::test]
+async fn an_insert_leaves_its_body_to_the_sender() {
+    let clickhouse = test_clickhouse("encode_body_released").await;
+    create_sample_table(&clickhouse, "t").await;
+    let rows = encode_sample::rows();
+    let mut native = Vec::new();
+    encode_sample::write_block(&encode_sample::batch(&rows), &mut native).unwrap();
+    let config: ClickHouseConfig = toml::from_str(&format!(
+        "url = {:?}\ndatabase = {:?}",
+        clickhouse.url, clickhouse.database
+    ))
+    .unwrap();
+    let sink = ClickHouseSink::new(&config, None);
+    let target = TableTarget::new(&clickhouse.database, "t", column_names().into_iter(), None);
+    let request = InsertRequest {
+        target: Arc::new(target),
+        body: Bytes::from(native),
+        framed: false,
+        rows: rows.len(),
+        insert_id: Arc::from("sluice-body-released"),
+        shard: 0,
+    };
+    sink.insert(&request).await.unwrap();
+    assert_eq!(clickhouse.count("t").await, rows.len() as u64);
+    assert!(
+        request.body.try_into_mut().is_ok(),
+        "the client still holds the body of an insert that returned"
+    );
 }
