@@ -42,7 +42,7 @@ use arrow_array::types::{
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, RecordBatch, StringArray};
-use arrow_buffer::NullBuffer;
+use arrow_buffer::{NullBuffer, ToByteSlice};
 use arrow_schema::DataType;
 // foldhash: one lookup per row of every LowCardinality column.
 use hashbrown::HashMap;
@@ -298,8 +298,8 @@ fn write_block<'a>(
     Ok(())
 }
 
-/// Writes the data of a column whose rows are `order` of `arrays`: strings are copied from the
-/// arrays into `out`, other types are gathered into one array first.
+/// Writes the data of a column whose rows are `order` of `arrays`: strings and numbers are
+/// copied from the arrays into `out`, other types are gathered into one array first.
 fn write_gathered<'a>(
     column: &NativeColumn<'_>,
     arrays: &[&'a dyn Array],
@@ -326,6 +326,22 @@ fn write_gathered<'a>(
             )?;
         }
         ch_type => {
+            let number = match ch_type {
+                ChType::Nullable(inner) => inner,
+                ch_type => ch_type,
+            };
+            if let Some(gather) = number_gather(number) {
+                if let ChType::Enum8(variants) = number {
+                    for array in arrays {
+                        check_enum_codes(column, variants, *array)?;
+                    }
+                }
+                if number != ch_type {
+                    out.extend(order.iter().map(|&(b, r)| u8::from(arrays[b].is_null(r))));
+                }
+                gather(arrays, order, out);
+                return Ok(());
+            }
             let array = arrow_select::interleave::interleave(arrays, order).map_err(|err| {
                 EncodeError::Gather {
                     column: column.name.to_string(),
@@ -342,6 +358,42 @@ fn write_gathered<'a>(
         }
     }
     Ok(())
+}
+
+/// How the values at `order` of a block's arrays of fixed-width numbers are written: copied
+/// straight from the batches, with no gathered array in between. None for other types, and on
+/// a big-endian machine (there the values are gathered into an array and written as one).
+fn number_gather(ch_type: &ChType) -> Option<fn(&[&dyn Array], &[(usize, usize)], &mut Vec<u8>)> {
+    fn gather<T: ArrowPrimitiveType>(
+        arrays: &[&dyn Array],
+        order: &[(usize, usize)],
+        out: &mut Vec<u8>,
+    ) {
+        let values: Vec<&[T::Native]> = arrays
+            .iter()
+            .map(|array| array.as_primitive::<T>().values().as_ref())
+            .collect();
+        out.reserve(order.len() * std::mem::size_of::<T::Native>());
+        for &(batch, row) in order {
+            out.extend_from_slice(std::slice::from_ref(&values[batch][row]).to_byte_slice());
+        }
+    }
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    Some(match ch_type {
+        ChType::Enum8(_) | ChType::Int8 => gather::<Int8Type>,
+        ChType::UInt8 => gather::<UInt8Type>,
+        ChType::UInt16 => gather::<UInt16Type>,
+        ChType::UInt32 | ChType::DateTime => gather::<UInt32Type>,
+        ChType::UInt64 => gather::<UInt64Type>,
+        ChType::Int16 => gather::<Int16Type>,
+        ChType::Int32 => gather::<Int32Type>,
+        ChType::Int64 => gather::<Int64Type>,
+        ChType::Float32 => gather::<Float32Type>,
+        ChType::Float64 => gather::<Float64Type>,
+        _ => return None,
+    })
 }
 
 /// The strings at `order` of `strings` as Native strings.
@@ -1107,6 +1159,8 @@ mod tests {
             ("nn", "Nullable(Int64)"),
             ("a", "Array(String)"),
             ("u", "UUID"),
+            ("e", "Enum8('a' = 1, 'b' = 2)"),
+            ("f", "Float64"),
         ];
         let types = types(&columns);
         let native = described(&columns, &types);
@@ -1140,6 +1194,12 @@ mod tests {
                         .iter()
                         .map(|v| v.as_slice()),
                 )),
+                Arc::new(Int8Array::from_iter_values(
+                    rows.iter().map(|r| (r.2 % 2 + 1) as i8),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows.iter().map(|r| r.2 as f64 / 4.0),
+                )),
             ];
             RecordBatch::try_from_iter(columns.iter().map(|(name, _)| *name).zip(arrays)).unwrap()
         };
@@ -1149,9 +1209,13 @@ mod tests {
             ("alfa", None, 5, Some(6)),
             ("", Some(""), 2, Some(9)),
         ]);
-        let b = batch(&[("charlie", Some("y"), 3, Some(1)), ("alpha", None, 4, None)]);
+        let b = batch(&[
+            ("zulu", Some("z"), 9, Some(2)),
+            ("charlie", Some("y"), 3, Some(1)),
+            ("alpha", None, 4, None),
+        ]);
         // The second batch sliced: its arrays do not start at offset 0.
-        let b = b.slice(0, 2);
+        let b = b.slice(1, 2);
         // Rows 1 and 2 of the first batch repeat a LowCardinality value; the block takes them apart.
         let order = [(1, 1), (0, 1), (0, 0), (1, 0), (0, 3), (0, 2)];
         let gathered = BlockRows::Gathered {
@@ -1176,6 +1240,14 @@ mod tests {
         assert!(matches!(
             write_native_block(&strict, gathered, &mut Vec::new()),
             Err(EncodeError::UnexpectedNull { .. })
+        ));
+        // So is an Enum8 code the type does not name.
+        let mut narrow = types.clone();
+        narrow[8] = ChType::parse("Enum8('a' = 1)").unwrap();
+        let narrow = described(&columns, &narrow);
+        assert!(matches!(
+            write_native_block(&narrow, gathered, &mut Vec::new()),
+            Err(EncodeError::UnknownEnumCode { .. })
         ));
     }
 
