@@ -342,7 +342,9 @@ impl RollupState {
     /// ahead, was tried too: no measurable gain folding 1.2 million rows into 20,852 groups
     /// (317–521 ns per row before, 335–428 after, two runs of five rounds each) — the misses
     /// that remain are inside the distinct sets and quantile maps, whose slots a prefetch
-    /// cannot name before the state is loaded.
+    /// cannot name before the state is loaded. Nor is it the group key's own allocation, read
+    /// to compare keys: keys kept in the table's slots (up to 64 bytes inline) gave 480 and
+    /// 480 ns per row against 470 and 440 (two alternated pairs of gzip load tests).
     pub fn fold(&mut self, batch: &RecordBatch, now: u64) {
         let rollup = self.rollup.clone();
         let columns = batch.columns();
