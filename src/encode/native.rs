@@ -360,10 +360,13 @@ fn write_gathered<'a>(
     Ok(())
 }
 
+/// Writes the values at `order` (batch, row) of one column's arrays to a block.
+type GatherNumbers = fn(&[&dyn Array], &[(usize, usize)], &mut Vec<u8>);
+
 /// How the values at `order` of a block's arrays of fixed-width numbers are written: copied
 /// straight from the batches, with no gathered array in between. None for other types, and on
 /// a big-endian machine (there the values are gathered into an array and written as one).
-fn number_gather(ch_type: &ChType) -> Option<fn(&[&dyn Array], &[(usize, usize)], &mut Vec<u8>)> {
+fn number_gather(ch_type: &ChType) -> Option<GatherNumbers> {
     fn gather<T: ArrowPrimitiveType>(
         arrays: &[&dyn Array],
         order: &[(usize, usize)],
