@@ -1281,7 +1281,8 @@ mod tests {
         give_back(Bytes::from(exact), &bodies.back);
         give_back(Bytes::from(again), &bodies.back);
         assert_eq!(bodies.returned.len(), 1);
-        assert_eq!(bodies.take().as_ptr(), exact_at);
+        let waiting = bodies.take();
+        assert_eq!(waiting.as_ptr(), exact_at);
         give_back(Bytes::from(vec![2; 10]), &bodies.back);
         bodies.release();
         assert!(bodies.returned.is_empty());
