@@ -848,6 +848,44 @@ async fn metric(sluice: &Sluice, series: &str) -> Option<f64> {
     common::server::metric(format!("127.0.0.1:{}", sluice.admin_port), series).await
 }
 
+/// An insert's body is kept for the next insert once ClickHouse has it, and let go when no
+/// insert comes (`sluice_insert_body_kept_bytes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_body_is_kept_for_the_next_insert_and_let_go_when_idle() {
+    let clickhouse = TestClickHouse::new("body_kept").await;
+    let mut sluice = Sluice::new(&clickhouse.url, &clickhouse.database, "");
+    sluice.start().await;
+    let kept = r#"sluice_insert_body_kept_bytes{table="edge_access"}"#;
+    let body = generator::encode_access(&Generator::new(900).edge_access(500), Format::Ndjson);
+    let (status, answer) = post(&sluice.client(), &sluice.url(), body, &[]).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(500)),
+        "{answer}"
+    );
+    // Kept from when the insert is settled until the accumulator has been idle for 2 s.
+    let started = Instant::now();
+    let mut seen = None;
+    while seen.is_none() && started.elapsed() < Duration::from_secs(10) {
+        seen = metric(&sluice, kept).await.filter(|bytes| *bytes > 0.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(clickhouse.count("edge_access").await, 500);
+    let sent = metric(&sluice, r#"sluice_insert_bytes_total{table="edge_access"}"#).await;
+    let seen = seen.unwrap_or_else(|| panic!("no body kept:\n{}", sluice.log_problems()));
+    assert!(
+        seen >= sent.unwrap(),
+        "kept {seen} bytes of a {sent:?}-byte body"
+    );
+    let mut now = seen;
+    while now > 0.0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = metric(&sluice, kept).await.unwrap();
+    }
+    assert_eq!(now, 0.0, "the kept body is let go when idle");
+    sluice.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_refused_after_their_append_are_voided_and_never_replayed() {
     let clickhouse = TestClickHouse::new("voided").await;
