@@ -267,13 +267,30 @@ pub fn decompress_into(
 /// cannot make a small body reserve much. Most bodies are one member, so the vector that
 /// receives them is allocated once instead of doubling (and copying) as it fills.
 fn gzip_size_hint(body: &[u8]) -> usize {
-    let announced = match body.last_chunk::<4>() {
-        Some(isize) if body.len() >= 18 => u32::from_le_bytes(*isize) as usize,
-        _ => 0,
-    };
-    announced
+    gzip_isize(body)
+        .unwrap_or(0)
         .min(body.len().saturating_mul(1032))
         .max(body.len() * 4)
+}
+
+/// A gzip body's ISIZE: the last four bytes, its last member's inflated size mod 2^32.
+fn gzip_isize(body: &[u8]) -> Option<usize> {
+    match body.last_chunk::<4>() {
+        Some(isize) if body.len() >= 18 => Some(u32::from_le_bytes(*isize) as usize),
+        _ => None,
+    }
+}
+
+/// The size `body` says it has once decompressed, read without decompressing it: its length
+/// when it is not compressed, a gzip body's ISIZE (exact for the usual one-member body; a body
+/// of several members, or a forged trailer, says less or more than it holds), None for zstd.
+/// A hint of where to decompress it, never a limit.
+pub fn announced_size(body: &[u8], encoding: ContentEncoding) -> Option<usize> {
+    match encoding {
+        ContentEncoding::Identity => Some(body.len()),
+        ContentEncoding::Gzip => gzip_isize(body),
+        ContentEncoding::Zstd => None,
+    }
 }
 
 /// Frames `body` (already decompressed) and hands every record to `visitor`. JSON is parsed in

@@ -911,7 +911,11 @@ pub fn validate_small_body(
     how: Validation,
     max_bytes: usize,
 ) -> Option<BodyVerdict> {
-    if body.len() > max_bytes {
+    // A body whose trailer already says it is larger is not inflated here up to the bound
+    // only to be inflated again on the blocking thread.
+    if body.len() > max_bytes
+        || decode::announced_size(body, encoding).is_some_and(|size| size > max_bytes)
+    {
         return None;
     }
     let capped = BodyLimits {

@@ -791,6 +791,20 @@ fn a_small_body_is_answered_as_a_blocking_thread_would_and_a_larger_one_is_left_
     // left to a blocking thread.
     assert!(small(&body, roomy, plain.len() - 1).is_none());
     assert!(small(&body, roomy, body.len() - 1).is_none());
+    // Past the bound by its trailer alone: a forged one (this body would be refused for it).
+    let mut forged = body.clone();
+    let at = forged.len() - 4;
+    forged[at..].copy_from_slice(&((plain.len() as u32) * 2).to_le_bytes());
+    assert!(small(&forged, roomy, plain.len()).is_none());
+    // A trailer that says less (the last of two members): the bound still holds.
+    let mut members = gzip(&plain[..plain.len() - 100]);
+    members.extend(gzip(&plain[plain.len() - 100..]));
+    assert!(small(&members, roomy, plain.len() - 1).is_none());
+    let (whole_again, _) = small(&members, roomy, plain.len())
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole_again.batch, here.batch);
     let many = gzip("{}\n".repeat(SMALL_BODY_RECORDS + 1).as_bytes());
     assert!(small(&many, roomy, 64 << 10).is_none());
     let few = gzip("{}\n".repeat(SMALL_BODY_RECORDS).as_bytes());
