@@ -31,6 +31,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_buffer::NullBuffer;
 use compact_str::CompactString;
 
+use crate::encode::native::Texts;
 use crate::schema::ChType;
 use crate::schema::rollup::{
     Derive, MeasureKind, NumberKind, QuantileBins, Rollup, number_kind, path_prefix,
@@ -190,9 +191,8 @@ enum Values<'a> {
     I64(&'a [i64]),
     F32(&'a [f32]),
     F64(&'a [f64]),
-    S(&'a arrow_array::StringArray),
-    /// A request-context column: a dictionary of one value per request, Int16 keys.
-    D(&'a [i16], &'a arrow_array::StringArray),
+    /// Utf8, or a request-context column's dictionary (one value per request, Int16 keys).
+    Text(Texts<'a>),
 }
 
 impl<'a> Reader<'a> {
@@ -214,14 +214,7 @@ impl<'a> Reader<'a> {
             D::Int64 => values!(I64, Int64Type),
             D::Float32 => values!(F32, Float32Type),
             D::Float64 => values!(F64, Float64Type),
-            D::Utf8 => Values::S(array.as_string::<i32>()),
-            D::Dictionary(..) => {
-                let dictionary = array.as_dictionary::<Int16Type>();
-                Values::D(
-                    dictionary.keys().values(),
-                    dictionary.values().as_string::<i32>(),
-                )
-            }
+            D::Utf8 | D::Dictionary(..) => Values::Text(Texts::of(array.as_ref())),
             other => panic!("rollup source column of Arrow type {other} (checked at schema load)"),
         };
         Reader {
@@ -253,7 +246,7 @@ impl<'a> Reader<'a> {
             Values::I64(v) => Num::I(v[row]),
             Values::F32(v) => Num::F(v[row] as f64),
             Values::F64(v) => Num::F(v[row]),
-            Values::S(_) | Values::D(..) => return None,
+            Values::Text(_) => return None,
         })
     }
 
@@ -261,11 +254,7 @@ impl<'a> Reader<'a> {
     fn str(&self, row: usize) -> Option<&'a str> {
         match self.values {
             _ if self.is_null(row) => None,
-            Values::S(a) => Some(a.value(row)),
-            Values::D(keys, values) => usize::try_from(keys[row])
-                .ok()
-                .filter(|&key| key < values.len())
-                .map(|key| values.value(key)),
+            Values::Text(texts) => Some(texts.value(row)),
             _ => None,
         }
     }
@@ -371,7 +360,7 @@ impl RollupState {
             for (spec, reader) in rollup.keys.iter().zip(&keys) {
                 match spec.derive {
                     Derive::Value => match reader.values {
-                        Values::S(_) | Values::D(..) => {
+                        Values::Text(_) => {
                             write_str_key(&mut self.key, reader.str(row).unwrap_or(""))
                         }
                         _ if reader.is_signed() => {
